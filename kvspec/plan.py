@@ -23,7 +23,7 @@ __all__ = ['MAX_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes',
            'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity', 'add_plan_parser',
            'run_plan', 'plan_command']
 
-# %% ../nbs/08_plan.ipynb #14ed6e73
+# %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
     "A memory budget or token count that cannot be planned for."
 
@@ -39,6 +39,7 @@ def parse_bytes(budget: int | str) -> int:
         raise InvalidBudget(f"budget must be an int or a string such as '16GiB', got {type(budget).__name__}")
     if isinstance(budget, int): n = budget
     else:
+        if budget.strip().startswith("-"): raise InvalidBudget(f"budget must be positive, got {budget!r}")
         m = _BYTES.match(budget.replace("_", "").replace(",", ""))
         if not m: raise InvalidBudget(f"cannot read {budget!r} as a size: expected a number and a unit, e.g. '16GiB' or '16 GB'")
         unit = m.group(2).lower()
