@@ -1,0 +1,124 @@
+"""Browser test of the static docs site built by tools/build_site.py.
+
+Opens every page in headless Chromium (Debian's `chromium` + `chromium-driver`, driven with selenium) through a
+local http.server, and checks: HTTP 200, a title, the sidebar, that links within the site resolve, no console errors, no
+Python traceback in the page, and every figure loaded and visible. Screenshots of the index and the Gemma 3
+model page are saved to `<site>/screenshots/`.
+
+    KVSPEC_SITE_DIR=_site pytest tests/test_site.py   # test an already built site (what CI does)
+    pytest tests/test_site.py                          # builds the site into _site first (executes notebooks)
+
+Skipped when chromium, chromedriver or selenium are missing (CI installs them).
+"""
+import functools, http.server, os, re, shutil, subprocess, sys, tempfile, threading, urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
+CHROMEDRIVER = shutil.which('chromedriver')
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip('chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)',
+                allow_module_level=True)
+webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed (pip install "selenium>=4.20,<5")')
+FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+         '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--window-size=1280,1000']
+TRACEBACK = re.compile(r'Traceback \(most recent call last\)')
+
+
+@pytest.fixture(scope='module')
+def site():
+    if os.environ.get('KVSPEC_SITE_DIR'):
+        d = Path(os.environ['KVSPEC_SITE_DIR']).resolve()
+        assert (d / 'index.html').exists(), f'KVSPEC_SITE_DIR={d} has no index.html: run tools/build_site.py first'
+        return d
+    d = ROOT / '_site'
+    subprocess.run([sys.executable, str(ROOT / 'tools' / 'build_site.py'), '--out', str(d)], check=True, cwd=ROOT)
+    return d
+
+
+@pytest.fixture(scope='module')
+def server(site):
+    handler = functools.partial(type('Quiet', (http.server.SimpleHTTPRequestHandler,), {'log_message': lambda *a: None}),
+                                directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}/'
+    httpd.shutdown()
+
+
+@pytest.fixture(scope='module')
+def browser():
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix='kvspec-chromium-')
+    for f in FLAGS + [f'--user-data-dir={profile}']: opts.add_argument(f)
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(60)
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def pages(site): return sorted(p.relative_to(site).as_posix() for p in site.rglob('*.html') if 'screenshots' not in p.parts)
+
+
+IMG_JS = """return [...document.images].map(i => [i.currentSrc.slice(0, 60), i.complete && i.naturalWidth > 0,
+  i.getBoundingClientRect().width > 0 && i.getBoundingClientRect().height > 0])"""
+
+
+def check_page(drv, base, site, page):
+    "Problems found on `page` (empty if it renders fine), and its number of figures"
+    url, errs = base + page, []
+    with urllib.request.urlopen(url) as r: status, raw = r.status, r.read().decode('utf-8')
+    if status != 200: return [f'HTTP {status}'], 0
+    drv.get(url)
+    if not drv.title.strip(): errs.append('no <title>')
+    if not drv.find_elements('css selector', '#sidebar a'): errs.append('no sidebar navigation')
+    for href in drv.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))"):
+        path = href.split('#')[0]  # links within the site (sidebar, nbdev's doc links, .ipynb links) must resolve
+        if path and ':' not in path and not ((site / page).parent / path).resolve().is_file(): errs.append(f'broken link {href}')
+    if not drv.find_elements('css selector', 'h1.title'): errs.append('no page heading')
+    text = drv.execute_script('return document.body.innerText')
+    if TRACEBACK.search(text): errs.append('Python traceback in page: ' + text[TRACEBACK.search(text).start():][:300])
+    if drv.find_elements('css selector', '[data-mime-type="application/vnd.jupyter.error"]'): errs.append('error output in page')
+    imgs = drv.execute_script(IMG_JS)
+    if len(imgs) < raw.count('<img'): errs.append(f'{raw.count("<img")} <img> in the HTML but {len(imgs)} in the page')
+    errs += [f'figure not loaded: {src}' for src, ok, _ in imgs if not ok]
+    errs += [f'figure not visible: {src}' for src, ok, vis in imgs if ok and not vis]
+    errs += [f"console {e['level']}: {e['message']}" for e in drv.get_log('browser') if e['level'] in ('SEVERE', 'WARNING')]
+    return errs, len(imgs)
+
+
+def test_every_page_renders(site, server, browser):
+    ps = pages(site)
+    assert 'index.html' in ps, 'the site has no index.html'
+    results = {p: check_page(browser, server, site, p) for p in ps}
+    print(f'{len(ps)} pages, {sum(n for _, n in results.values())} figures checked')
+    problems = {p: e for p, (e, _) in results.items() if e}
+    assert not problems, '\n'.join(f'{p}:\n  ' + '\n  '.join(e) for p, e in problems.items())
+
+
+def screenshot(drv, url, dest):
+    "Full-page screenshot of `url` (capped at 12000px high)"
+    drv.set_window_size(1280, 1000)
+    drv.get(url)
+    h = drv.execute_script('return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)')
+    drv.set_window_size(1280, min(max(h, 800), 12000) + 100)  # + browser chrome in headless window size
+    dest.parent.mkdir(exist_ok=True)
+    assert drv.save_screenshot(str(dest)), f'could not save {dest}'
+    assert dest.stat().st_size > 5000, f'{dest} looks blank'
+    print(f'saved {dest}')
+
+
+def test_screenshot_index(site, server, browser):
+    screenshot(browser, server + 'index.html', site / 'screenshots' / 'index.png')
+
+
+def test_screenshot_gemma3(site, server, browser):
+    gemma = [p for p in pages(site) if p.startswith('models/') and re.search(r'gemma[-_]?3', p)]
+    if not gemma: pytest.skip('no Gemma 3 page yet (nbs/models/*gemma3*.ipynb): screenshot not taken')
+    screenshot(browser, server + gemma[0], site / 'screenshots' / 'gemma3.png')
