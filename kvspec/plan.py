@@ -19,9 +19,9 @@ from .spec import DTYPE_BYTES, CacheSpec, ModelCacheSpec, generate_chunks
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes', 'naive_full_nbytes',
-           'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity', 'add_plan_parser',
-           'run_plan', 'plan_command']
+__all__ = ['MAX_CONTEXT_TOKENS', 'QUANTIZED_KV_START', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes',
+           'naive_full_nbytes', 'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity',
+           'add_plan_parser', 'run_plan', 'plan_command']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -82,8 +82,9 @@ def seed_formula_nbytes(config: dict, context: int) -> int:
     tc = text_config(config)
     return tc["num_hidden_layers"] * tc["num_key_value_heads"] * (tc["hidden_size"] // tc["num_attention_heads"]) * 2 * 2 * context
 
-# %% ../nbs/08_plan.ipynb #d0dae2cd
+# %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
+QUANTIZED_KV_START = 5000     # mlx_lm.generate.DEFAULT_QUANTIZED_KV_START
 
 def _check_count(name: str, v) -> int:
     if isinstance(v, str) and v.strip().isdigit(): v = int(v)
@@ -143,7 +144,7 @@ class Plan:
     def seed_formula_sequences(self) -> int | None:
         return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes
 
-# %% ../nbs/08_plan.ipynb #5d367492
+# %% ../nbs/08_plan.ipynb #442f5ea4
 def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.json, model directory or hub id
          budget: int | str,                  # bytes, or text such as "16GiB"
          context: int,                       # tokens each sequence holds
@@ -170,12 +171,16 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
             raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "
                                    "plan without kv_bits") from None
     steady, peak = sequence_nbytes(spec, context, prefill_step)
+    notes = spec.notes + ((f"kv_bits={kv_bits}: sized as quantized from the first token; mlx_lm.generate keeps the cache "
+                           f"unquantized until it holds quantized_kv_start={QUANTIZED_KV_START} tokens (its default), so its "
+                           f"prefill peak can be that of about {QUANTIZED_KV_START + prefill_step:,} unquantized tokens",)
+                          if kv_bits is not None else ())
     return Plan(model=name, dtype=spec.dtype, pattern=spec.pattern, budget_bytes=budget, context_tokens=context,
                 sequences=sequences, kv_bits=kv_bits, prefill_step=prefill_step,
                 steady_bytes=steady, peak_bytes=peak, num_sequences=budget // peak,
                 num_sequences_steady=budget // steady, max_context_tokens=max_context(spec, budget, sequences, prefill_step),
                 naive_full_bytes=naive_full_nbytes(spec, context),
-                seed_formula_bytes=None if cfg is None else seed_formula_nbytes(cfg, context), notes=spec.notes)
+                seed_formula_bytes=None if cfg is None else seed_formula_nbytes(cfg, context), notes=notes)
 
 # %% ../nbs/08_plan.ipynb #d389893e
 def _to_frame(self: Plan):
