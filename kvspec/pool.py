@@ -102,6 +102,7 @@ def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, spli
 
 # %% ../nbs/05_pool.ipynb #ce7294fc
 def _token_arg(tokens) -> tuple[list[int] | None, int]:
+    if type(tokens) is int and tokens >= 0: return None, tokens    # the common case first (bool is not `int` here)
     if isinstance(tokens, bool): raise PoolError(f"tokens must be a count or a list of token ids, got {tokens!r}")
     if isinstance(tokens, int):
         if tokens < 0: raise PoolError(f"token count must be >= 0, got {tokens}")
@@ -121,7 +122,7 @@ def chain_hashes(seed: bytes, tokens: Sequence[int], block_tokens: int, prev: by
 class _Seq:
     __slots__ = ("num_tokens", "tables", "base", "hashes", "tail")
     def __init__(self, n, tables, base, hashes, tail):
-        self.num_tokens, self.tables, self.base, self.hashes, self.tail = n, tables, base, hashes, tail
+        self.num_tokens = n; self.tables = tables; self.base = base; self.hashes = hashes; self.tail = tail
 
 # %% ../nbs/05_pool.ipynb #f78e2d96
 class BlockPool:
@@ -146,6 +147,9 @@ class BlockPool:
         self._lru = [OrderedDict() for _ in self.groups]    # unreferenced registered blocks, oldest first
         self._seqs: dict = {}
         self._lock = threading.RLock()
+        # per group, bound once for the hot paths: (name, is_state, window, free stack, LRU, refcounts, block → digest)
+        self._books = tuple(zip([g.name for g in self.groups], [g.kind == "state" for g in self.groups],
+                                [g.window for g in self.groups], self._free, self._lru, self._ref, self._hash_of))
         self.on_copy: Callable[[int, int, int], None] | None = None  # (group, src, dst): storage copies a block
 
     def __repr__(self):
@@ -155,13 +159,19 @@ class BlockPool:
     def _avail(self, g): return len(self._free[g]) + len(self._lru[g])
 
     def _take(self, g, n):
-        free, lru, out = self._free[g], self._lru[g], []
+        free, ref = self._free[g], self._ref[g]
+        if n == 1 and free: b = free.pop(); ref[b] = 1; return [b]     # the commonest call
+        if n <= len(free):                                             # no eviction: pop n at once, same order
+            out = free[len(free) - n:]; del free[len(free) - n:]; out.reverse()
+            for b in out: ref[b] = 1
+            return out
+        lru, out = self._lru[g], []
         for _ in range(n):
             if free: b = free.pop()
             else:
                 b, _ = lru.popitem(last=False)
                 del self._cached[g][self._hash_of[g].pop(b)]
-            self._ref[g][b] = 1; out.append(b)
+            ref[b] = 1; out.append(b)
         return out
 
     def _release(self, g, b):
@@ -207,34 +217,60 @@ def _match(self: BlockPool, hashes: list[bytes]) -> int:
         k -= 1
     return k
 
+def _admit_fresh(self: BlockPool, seq_id, n: int, hashes, tail) -> int:
+    "`admit` when there is no complete block to match or register: fresh blocks only, every group checked first."
+    B = self.block_tokens; top = -(-n // B)
+    if len(self._books) == 1:   # one group (every layer full attention: most models): the loops below, unrolled
+        name, is_state, w, free, lru, _, _ = self._books[0]
+        lo = (n - w) // B if w and n > w else 0
+        want = 1 if is_state else top - lo
+        if want > len(free) + len(lru): raise PoolExhausted(name, want, len(free) + len(lru))
+        self._seqs[seq_id] = _Seq(n, [self._take(0, want)], [lo], hashes, tail)
+        return 0
+    los, wants = [], []
+    for name, is_state, w, free, lru, _, _ in self._books:
+        lo = (n - w) // B if w and n > w else 0
+        want = 1 if is_state else top - lo
+        if want > len(free) + len(lru): raise PoolExhausted(name, want, len(free) + len(lru))
+        los.append(lo); wants.append(want)
+    tables = []                 # a loop, not a comprehension: in Python 3.11 that would make `self` a slower cell variable
+    for g, want in enumerate(wants): tables.append(self._take(g, want))
+    self._seqs[seq_id] = _Seq(n, tables, los, hashes, tail)
+    return 0
+
+def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
+    "`admit` in general: match the cached prefix, plan every group, check them all, then take and register."
+    hit = self._match(hashes)
+    plans, need = [], []
+    for g, grp in enumerate(self.groups):
+        if grp.kind == "state": plans.append((0, [], 1)); need.append((1, self._avail(g))); continue
+        lo, hi = self._range(g, n)
+        reused = [self._cached[g][hashes[j]] for j in range(lo, min(hit, hi))]
+        plans.append((lo, reused, hi - max(lo, hit)))
+        need.append((hi - max(lo, hit), self._avail(g) - sum(b in self._lru[g] for b in reused)))
+    self._check(need)
+    tables, bases = [], []
+    for g, (lo, reused, fresh) in enumerate(plans):
+        for b in reused:
+            self._lru[g].pop(b, None); self._ref[g][b] += 1
+        table = reused + self._take(g, fresh)
+        if hashes:
+            for j in range(max(lo, hit), min(len(hashes), lo + len(table))): self._register(g, table[j - lo], hashes[j])
+        tables.append(table); bases.append(lo)
+    tail = toks[len(hashes) * self.block_tokens:] if toks is not None else None
+    self._seqs[seq_id] = _Seq(n, tables, bases, hashes, tail)
+    return hit * self.block_tokens
+
 def admit(self: BlockPool, seq_id, tokens=0) -> int:
     "Start a sequence holding `tokens` (ids, or a count); returns how many leading tokens were found cached."
     with self._lock:
         if seq_id in self._seqs: raise PoolError(f"sequence {seq_id!r} is already in the pool")
         toks, n = _token_arg(tokens)
         hashes = chain_hashes(self._seed, toks, self.block_tokens) if toks is not None else None
-        hit = self._match(hashes)
-        plans, need = [], []
-        for g, grp in enumerate(self.groups):
-            if grp.kind == "state": plans.append((0, [], 1)); need.append((1, self._avail(g))); continue
-            lo, hi = self._range(g, n)
-            reused = [self._cached[g][hashes[j]] for j in range(lo, min(hit, hi))]
-            plans.append((lo, reused, hi - max(lo, hit)))
-            need.append((hi - max(lo, hit), self._avail(g) - sum(b in self._lru[g] for b in reused)))
-        self._check(need)
-        tables, bases = [], []
-        for g, (lo, reused, fresh) in enumerate(plans):
-            for b in reused:
-                self._lru[g].pop(b, None); self._ref[g][b] += 1
-            table = reused + self._take(g, fresh)
-            if hashes:
-                for j in range(max(lo, hit), min(len(hashes), lo + len(table))): self._register(g, table[j - lo], hashes[j])
-            tables.append(table); bases.append(lo)
-        tail = toks[len(hashes) * self.block_tokens:] if toks is not None else None
-        self._seqs[seq_id] = _Seq(n, tables, bases, hashes, tail)
-        return hit * self.block_tokens
+        if not hashes: return self._admit_fresh(seq_id, n, hashes, toks)   # no complete block: nothing to share
+        return self._admit_planned(seq_id, toks, n, hashes)
 
-BlockPool._match, BlockPool.admit = _match, admit
+BlockPool._match, BlockPool._admit_fresh, BlockPool._admit_planned, BlockPool.admit = _match, _admit_fresh, _admit_planned, admit
 
 # %% ../nbs/05_pool.ipynb #88f2cefb
 def extend(self: BlockPool, seq_id, tokens) -> None:
@@ -245,36 +281,35 @@ def extend(self: BlockPool, seq_id, tokens) -> None:
         if k == 0: return
         B, old = self.block_tokens, s.num_tokens
         n = old + k
-        plans, need = [], []
-        for g, grp in enumerate(self.groups):
-            if grp.kind == "state": plans.append(None); continue
+        top, partial = -(-n // B), old % B != 0
+        plans = []                                   # plan and check every group before touching any
+        for g, (name, is_state, w, free, lru, ref, _) in enumerate(self._books):
+            if is_state: continue                    # a state slot does not grow
             table, base = s.tables[g], s.base[g]
-            lo, hi = self._range(g, n)
-            drop = table[:max(0, lo - base)]
-            cow = old % B != 0 and (old - 1) // B >= lo and self._ref[g][table[-1]] > 1
-            fresh = hi - max(base + len(table), lo)
-            plans.append((lo, drop, cow, fresh))
-            need.append((fresh + cow, self._avail(g) + sum(self._ref[g][b] == 1 for b in drop)))
-        self._check([x for x in need])
-        for g, plan in enumerate(plans):
-            if plan is None: continue
-            lo, drop, cow, fresh = plan
+            lo = (n - w) // B if w and n > w else 0
+            drop = table[:lo - base] if lo > base else ()
+            cow = partial and (old - 1) // B >= lo and ref[table[-1]] > 1
+            fresh = top - max(base + len(table), lo)
+            avail = len(free) + len(lru) + (sum(ref[b] == 1 for b in drop) if drop else 0)
+            if fresh + cow > avail: raise PoolExhausted(name, fresh + cow, avail)
+            plans.append((g, lo, drop, cow, fresh))
+        for g, lo, drop, cow, fresh in plans:
             table = s.tables[g]
-            for b in drop: self._release(g, b)
-            del table[:len(drop)]
+            if drop:
+                for b in drop: self._release(g, b)
+                del table[:len(drop)]
             if cow:
                 (b2,) = self._take(g, 1)
                 if self.on_copy: self.on_copy(g, table[-1], b2)
                 self._release(g, table[-1]); table[-1] = b2
-            table.extend(self._take(g, fresh))
+            table += self._take(g, fresh)
             s.base[g] = lo
         if s.hashes is not None and toks is not None:
             s.tail += toks
             new = chain_hashes(self._seed, s.tail, B, s.hashes[-1] if s.hashes else None)
             first = len(s.hashes)
             s.hashes += new; s.tail = s.tail[len(new) * B:]
-            for g, plan in enumerate(plans):
-                if plan is None: continue
+            for g, *_ in plans:
                 for j in range(max(first, s.base[g]), first + len(new)):
                     self._register(g, s.tables[g][j - s.base[g]], s.hashes[j])
         else: s.hashes = s.tail = None   # tokens unknown from here on: this sequence shares nothing more
@@ -286,10 +321,15 @@ BlockPool.extend = extend
 def free(self: BlockPool, seq_id) -> None:
     "Return a sequence's blocks; registered blocks stay cached for reuse, tail blocks evicted first."
     with self._lock:
-        s = self._seq(seq_id)
+        try: s = self._seqs.pop(seq_id)          # nothing below can fail, so the sequence may go first
+        except (KeyError, TypeError): raise PoolError(f"unknown sequence id {seq_id!r}") from None
         for g, table in enumerate(s.tables):
-            for b in reversed(table): self._release(g, b)
-        del self._seqs[seq_id]
+            _, _, _, free, lru, ref, hash_of = self._books[g]
+            for b in reversed(table):            # as `_release`, inlined
+                ref[b] -= 1
+                if not ref[b]:
+                    if b in hash_of: lru[b] = None
+                    else: free.append(b)
 
 def fork(self: BlockPool, src, dst) -> None:
     "A new sequence `dst` sharing every block of `src` (its state slot copied)."
