@@ -58,7 +58,8 @@ def _print_inspect(r: dict, spec: ModelCacheSpec, out):
     p("\nper cache:")
     cols = ["kind", "cache_class", "layers", "window", "n_kv_heads", "k_head_dim", "v_head_dim", "dtype", "bits", "slot_bytes", "state_bytes"]
     frame = spec.to_frame()
-    p(frame[[c for c in cols if c in frame]].to_string(na_rep=""))
+    frame = frame[[c for c in cols if c in frame]]
+    p(frame.astype(object).where(frame.notna(), "").to_string())  # blanks, not <NA>, where a field does not apply
     p("\nper kind (one sequence):")
     for kind, k in r["per_kind"].items():
         extra = f", state {fmt_bytes(k['state_bytes'])}" if k["state_bytes"] else ""
