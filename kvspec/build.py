@@ -48,6 +48,11 @@ def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits
                           source=origin, detection=detect(cfg, model, list(specs), num_layers), notes=tuple(notes))
 
 # %% ../nbs/04_build.ipynb #bb844e24
+def _check_options(origin: str, **options):
+    for name, v in options.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ConfigError(f"{origin}: {name}={v!r} must be a positive integer")
+
 @classmethod
 def from_config(cls, config: dict | str, *,
                 dtype: str | None = None,       # activation/cache dtype; default: the config's torch_dtype
@@ -59,9 +64,7 @@ def from_config(cls, config: dict | str, *,
     cfg, origin = load_config(config)
     if dtype is None: dtype, _ = config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
-    for name, v in (("max_kv_size", max_kv_size), ("kv_bits", kv_bits), ("kv_group_size", kv_group_size)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise ConfigError(f"{origin}: {name}={v!r} must be a positive integer")
+    _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
     model = weightless_model(cfg, dtype, origin)
     return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
 
@@ -71,12 +74,15 @@ def from_pretrained(cls, name_or_path: str, **kwargs) -> ModelCacheSpec:
     return cls.from_config(name_or_path, **kwargs)
 
 @classmethod
-def from_model(cls, model, **kwargs) -> ModelCacheSpec:
-    "Spec of an mlx-lm model object, loaded with weights or built without (nothing is evaluated)."
+def from_model(cls, model, *, kv_bits: int | None = None, kv_group_size: int = 64,
+               max_kv_size: int | None = None) -> ModelCacheSpec:
+    "Spec of an mlx-lm model object, loaded with weights or built without (nothing is evaluated; its dtype is its own)."
+    origin = f"model {type(model).__module__}"
+    _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
     args = getattr(model, "args", None)
     cfg = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else {}
     cfg.setdefault("model_type", getattr(model, "model_type", None) or type(model).__module__.split(".")[-1])
-    return _spec_from_built(model, cfg, origin=f"model {type(model).__module__}", **kwargs)
+    return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
 
 ModelCacheSpec.from_config, ModelCacheSpec.from_pretrained, ModelCacheSpec.from_model = from_config, from_pretrained, from_model
 

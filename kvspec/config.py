@@ -15,8 +15,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PRESET_DIR', 'CACHE_DTYPES', 'KVSpecError', 'ConfigError', 'ConfigNotFound', 'UnknownModelType', 'UnsupportedCache',
-           'preset_names', 'read_config_file', 'fetch_hub_config', 'load_config', 'text_config', 'config_dtype',
-           'model_classes', 'check_sizes', 'model_args']
+           'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure', 'load_config', 'text_config',
+           'config_dtype', 'model_classes', 'check_sizes', 'model_args']
 
 # %% ../nbs/00_config.ipynb #5e626a7f
 class KVSpecError(Exception):
@@ -51,7 +51,7 @@ def read_config_file(path: str | Path) -> dict:
             raise ConfigNotFound(f"{path}: directory has no config.json")
         path = path / "config.json"
     if not path.is_file():
-        raise ConfigNotFound(f"{path}: no such file")
+        raise ConfigNotFound(f"{path}: " + ("not a regular file" if path.exists() else "no such file"))
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -79,18 +79,29 @@ def fetch_hub_config(repo_id: str, revision: str | None = None) -> Path:
         raise ConfigNotFound(f"{repo_id}: the hub refused config.json ({e.__class__.__name__})") from None
 
 # %% ../nbs/00_config.ipynb #2b5cb0a8
+def check_structure(cfg: dict, origin: str = "<dict>") -> dict:
+    "Refuse the wrong JSON types where kvspec and mlx-lm expect a structure, before anything reads them."
+    if not isinstance(cfg.get("text_config") or {}, dict):
+        raise ConfigError(f"{origin}: text_config must be an object, got {type(cfg['text_config']).__name__}")
+    for where, c in (("", cfg), ("text_config.", cfg.get("text_config") or {})):
+        lt = c.get("layer_types")
+        if lt is not None and not (isinstance(lt, list) and all(isinstance(t, str) for t in lt)):
+            raise ConfigError(f"{origin}: {where}layer_types must be a list of strings, got {lt!r:.60}")
+    return cfg
+
 def load_config(source: dict | str | Path) -> tuple[dict, str]:
     "Config dict and its origin from a dict, a config.json, a directory, a preset name or a hub id."
-    if isinstance(source, dict): return dict(source), "<dict>"
+    if isinstance(source, dict): return check_structure(dict(source)), "<dict>"
     if not isinstance(source, (str, Path)):
         raise ConfigError(f"expected a config dict, a path, a preset name or a hub id, got {type(source).__name__}")
+    if not str(source).strip(): raise ConfigNotFound("empty model name or path")
     path = Path(source).expanduser()
-    if path.exists(): return read_config_file(path), str(path)
+    if path.exists(): return check_structure(read_config_file(path), str(path)), str(path)
     name = str(source)
     if name in preset_names():
         return read_config_file(PRESET_DIR / f"{name}.json"), f"preset {name}"
     if _HUB_ID.match(name) and not name.endswith(".json"):
-        return read_config_file(fetch_hub_config(name)), f"hub {name}"
+        return check_structure(read_config_file(fetch_hub_config(name)), f"hub {name}"), f"hub {name}"
     raise ConfigNotFound(f"{name}: not a file, a directory, a hub id (owner/name) or a preset; "
                          f"presets: {', '.join(preset_names())}")
 

@@ -17,8 +17,8 @@ from .config import ConfigError, UnsupportedCache, model_args, model_classes, te
 from .spec import CacheSpec
 
 # %% auto #0
-__all__ = ['PROBE_TOKENS', 'READERS', 'cast_model', 'weightless_model', 'watch_writes', 'model_layers', 'probe_caches',
-           'cache_spec', 'LazyReplay', 'quantize_caches']
+__all__ = ['EAGER_MODULES', 'PROBE_TOKENS', 'READERS', 'cast_model', 'weightless_model', 'watch_writes', 'lazy_stand_ins',
+           'model_layers', 'probe_caches', 'cache_spec', 'LazyReplay', 'quantize_caches']
 
 # %% ../nbs/02_probe.ipynb #3906c275
 def cast_model(model, dtype: str):
@@ -73,9 +73,29 @@ def watch_writes(layers, caches):
         yield writes
     finally:
         for o, cls in originals: _with_class(o, cls)
-        for layer in layers: layer.pop("_kvspec_index", None) if isinstance(layer, dict) else None
+        for layer in layers:
+            if hasattr(layer, "_kvspec_index"): delattr(layer, "_kvspec_index")
 
 # %% ../nbs/02_probe.ipynb #8342608c
+EAGER_MODULES = {  # (module, class) of mlx-lm: why its forward evaluates
+    ("mlx_lm.models.dbrx", "SparseMoeBlock"): "routes tokens with inds.tolist(), which evaluates the graph",
+}
+
+def _pass_through(cls):
+    return type(cls.__name__, (cls,), {"__call__": lambda self, x, *a, **k: x})
+
+@contextlib.contextmanager
+def lazy_stand_ins(model):
+    "Within the block, modules listed in `EAGER_MODULES` return their input instead of evaluating."
+    swapped = [(m, type(m)) for _, m in model.named_modules()
+               if (type(m).__module__, type(m).__name__) in EAGER_MODULES]
+    try:
+        for m, cls in swapped: _with_class(m, _pass_through(cls))
+        yield [type(m).__name__ for m, _ in swapped]
+    finally:
+        for m, cls in swapped: _with_class(m, cls)
+
+# %% ../nbs/02_probe.ipynb #dcc0e359
 PROBE_TOKENS = 4
 
 def model_layers(model) -> list:
@@ -86,22 +106,23 @@ def model_layers(model) -> list:
 def probe_caches(model, max_kv_size: int | None = None, tokens: int = PROBE_TOKENS):
     "mlx-lm's caches for `model` after a lazy forward pass, and the layers writing each."
     layers = model_layers(model)
-    try:
+    def run(n):
         caches = mlx_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
-        with watch_writes(layers, caches) as writes:
-            model(mx.zeros((1, tokens), dtype=mx.int32), cache=caches)
+        with lazy_stand_ins(model), watch_writes(layers, caches) as writes:
+            model(mx.zeros((1, n), dtype=mx.int32), cache=caches)
+        return caches, writes
+    try:
+        caches, writes = run(tokens)
     except Exception:
         if tokens == 1: raise
         # A single token is the decode path every model must support (olmo's multi-token mask is broken in 0.32.2).
-        caches = mlx_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
-        with watch_writes(layers, caches) as writes:
-            model(mx.zeros((1, 1), dtype=mx.int32), cache=caches)
+        caches, writes = run(1)
     def written(c):
         leaves = getattr(c, "caches", None) or (c,)
         return tuple(sorted(set().union(*(writes.get(id(l), set()) for l in leaves))))
     return caches, [written(c) for c in caches]
 
-# %% ../nbs/02_probe.ipynb #c52a26dd
+# %% ../nbs/02_probe.ipynb #e5615ffd
 def _dtype(a) -> str: return str(a.dtype).removeprefix("mlx.core.")
 
 def _kv_fields(c) -> dict:
@@ -136,7 +157,7 @@ def cache_spec(cache, layers: tuple[int, ...] = ()) -> CacheSpec:
                          note="mlx-lm builds this cache but no layer writes to it: it stays empty (0 bytes)")
     return CacheSpec(cache_class=name, layers=layers, **READERS[name](cache))
 
-# %% ../nbs/02_probe.ipynb #c186fbe5
+# %% ../nbs/02_probe.ipynb #9c09a364
 class LazyReplay:
     "Bytes of each of mlx-lm's caches after every call, from a lazy (never evaluated) run of the model."
     def __init__(self, model, max_kv_size: int | None = None, kv_bits: int | None = None, kv_group_size: int = 64):
@@ -160,7 +181,7 @@ class LazyReplay:
         "A `CacheSpec.replay` callable for cache `index`."
         return lambda chunks, batch=1: [row[index] for row in self.per_call(chunks, batch)]
 
-# %% ../nbs/02_probe.ipynb #fc075029
+# %% ../nbs/02_probe.ipynb #24ad5222
 def quantize_caches(caches: list, bits: int, group_size: int = 64, origin: str = "<dict>") -> list:
     "Convert caches the way `mlx_lm.generate.maybe_quantize_kv_cache` does, with kvspec errors."
     out = []

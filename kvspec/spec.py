@@ -26,7 +26,8 @@ class InvalidChunks(KVSpecError, ValueError):
 def check_chunks(chunks: Sequence[int], batch: int = 1) -> list[int]:
     "Validated token counts of successive model calls."
     if isinstance(chunks, int): chunks = [chunks]
-    chunks = list(chunks)
+    try: chunks = list(chunks)
+    except TypeError: raise InvalidChunks(f"chunks must be a list of token counts, got {chunks!r:.40}") from None
     if not chunks: raise InvalidChunks("chunks is empty: give the token count of at least one model call")
     bad = [c for c in chunks if isinstance(c, bool) or not isinstance(c, int) or c <= 0]
     if bad: raise InvalidChunks(f"chunk sizes must be positive integers, got {bad[:3]}")
@@ -41,7 +42,8 @@ def generate_chunks(prompt_tokens: int, # prompt length
                    ) -> list[int]:
     "Token counts of the model calls `mlx_lm.generate` makes for this prompt and generation length."
     check_chunks([prompt_tokens, prefill_step_size])
-    if max_tokens < 0: raise InvalidChunks(f"max_tokens must be >= 0, got {max_tokens}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise InvalidChunks(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
     chunks, left = [], prompt_tokens
     while left > 1:
         chunks.append(min(prefill_step_size, left - 1)); left -= chunks[-1]
