@@ -9,18 +9,19 @@ import dataclasses
 import hashlib
 import json
 import math
+import operator
 import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from .config import KVSpecError, UnsupportedCache
 from .spec import CacheSpec, ModelCacheSpec
 
 # %% auto #0
 __all__ = ['PoolError', 'PoolExhausted', 'spec_fingerprint', 'fingerprint_digest', 'BlockGroup', 'group_key', 'seq_need_bytes',
-           'plan_groups', 'chain_hashes', 'BlockPool', 'table', 'admit', 'extend', 'free', 'fork', 'can_fit',
+           'plan_groups', 'chain_hashes', 'BlockPool', 'table', 'admit', 'extend', 'share', 'free', 'fork', 'can_fit',
            'prefix_tokens', 'stats', 'check']
 
 # %% ../nbs/05_pool.ipynb #97efeab6
@@ -80,8 +81,18 @@ def seq_need_bytes(kind, window, block_bytes, context_tokens, block_tokens):
     if window: worst = min(-(-context_tokens // block_tokens), -(-window // block_tokens) + 1)
     return worst * block_bytes
 
+def _check_split(split, names: list[str]) -> None:
+    "A caller's split: exactly the group names, each a finite share >= 0, summing to at most 1."
+    if not isinstance(split, dict) or set(split) != set(names):
+        raise PoolError(f"split must name exactly the groups {names}, got {list(split) if isinstance(split, dict) else split!r}")
+    for n, v in split.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise PoolError(f"split[{n!r}] must be a finite number >= 0, got {v!r}")
+    if math.fsum(split.values()) > 1:
+        raise PoolError(f"split shares sum to {math.fsum(split.values()):.6g}: more than 1 would allocate more than budget_bytes")
+
 def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, split=None) -> tuple[BlockGroup, ...]:
-    "Block groups of a spec, each given its share of `budget_bytes`."
+    "Block groups of a spec, each given its share of `budget_bytes`; every group gets at least one block or this raises."
     leaves = spec.leaves()
     keys = {}
     for i, c in enumerate(leaves):
@@ -95,21 +106,47 @@ def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, spli
     if split is None:
         need = {n: seq_need_bytes(k, w, b, context_tokens, block_tokens) for n, (k, w, _, b) in zip(names, groups)}
         total = sum(need.values()); split = {n: v / total for n, v in need.items()}
-    if set(split) != set(names): raise PoolError(f"split must name exactly the groups {names}, got {sorted(split)}")
-    return tuple(BlockGroup(name=n, kind=k, window=w, leaves=idx, block_bytes=b,
-                            num_blocks=int(budget_bytes * split[n]) // b)
-                 for n, (k, w, idx, b) in zip(names, groups))
+    else: _check_split(split, names)
+    out = tuple(BlockGroup(name=n, kind=k, window=w, leaves=idx, block_bytes=b, num_blocks=int(budget_bytes * split[n]) // b)
+                for n, (k, w, idx, b) in zip(names, groups))
+    for g in out:
+        if g.num_blocks == 0:
+            raise PoolError(f"block group {g.name!r} gets 0 blocks: its share {split[g.name]:.3g} of {budget_bytes} bytes is less "
+                            f"than one block ({g.block_bytes} bytes); give a larger budget_bytes, smaller block_tokens or a split")
+    return out
 
 # %% ../nbs/05_pool.ipynb #ce7294fc
+def _count(name: str, v) -> int:
+    "A non-negative integer count (bool refused)."
+    if type(v) is int and v >= 0: return v
+    if isinstance(v, bool): raise PoolError(f"{name} must be a count, got {v!r}")
+    try: v = operator.index(v)
+    except TypeError: raise PoolError(f"{name} must be a count, got {type(v).__name__} {v!r}") from None
+    if v < 0: raise PoolError(f"{name} must be >= 0, got {v}")
+    return v
+
 def _token_arg(tokens) -> tuple[list[int] | None, int]:
+    "(ids, count) of a tokens argument: a count, or token ids — integers in int64 range, never bools, floats or strings."
     if type(tokens) is int and tokens >= 0: return None, tokens    # the common case first (bool is not `int` here)
-    if isinstance(tokens, bool): raise PoolError(f"tokens must be a count or a list of token ids, got {tokens!r}")
-    if isinstance(tokens, int):
-        if tokens < 0: raise PoolError(f"token count must be >= 0, got {tokens}")
-        return None, tokens
-    try: toks = [int(t) for t in tokens]
-    except TypeError: raise PoolError(f"tokens must be a count or a list of token ids, got {type(tokens).__name__}") from None
-    return toks, len(toks)
+    if isinstance(tokens, int) and not isinstance(tokens, bool): return None, _count("token count", tokens)
+    if isinstance(tokens, (bool, str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise PoolError(f"tokens must be a count or a list of token ids, got {type(tokens).__name__} {tokens!r:.40}")
+    toks = list(tokens)
+    try:
+        if bool in set(map(type, toks)): raise TypeError
+        return array("q", toks).tolist(), len(toks)                   # refuses floats, strings and ids beyond int64
+    except (TypeError, OverflowError):
+        bad = next(t for t in toks if isinstance(t, bool) or not _is_id(t))
+        raise PoolError(f"token ids must be integers in int64 range, got {bad!r} ({type(bad).__name__})") from None
+
+def _is_id(t) -> bool:
+    try: array("q", [t]); return True
+    except (TypeError, OverflowError): return False
+
+def _hashable(seq_id):
+    try: hash(seq_id)
+    except TypeError: raise PoolError(f"sequence id {seq_id!r} is not hashable") from None
+    return seq_id
 
 def chain_hashes(seed: bytes, tokens: Sequence[int], block_tokens: int, prev: bytes | None = None) -> list[bytes]:
     "Chained digests of the complete blocks of `tokens`: each names its block and everything before it."
@@ -124,7 +161,21 @@ class _Seq:
     def __init__(self, n, tables, base, hashes, tail):
         self.num_tokens = n; self.tables = tables; self.base = base; self.hashes = hashes; self.tail = tail
 
+    def copy(self) -> _Seq:
+        return _Seq(self.num_tokens, [list(t) for t in self.tables], list(self.base),
+                    None if self.hashes is None else list(self.hashes), None if self.tail is None else list(self.tail))
+
 # %% ../nbs/05_pool.ipynb #f78e2d96
+class _Books(NamedTuple):
+    "One group's bookkeeping, bound once in `__init__` for the hot paths (unpacked as a tuple there)."
+    name: str
+    is_state: bool
+    window: int | None
+    free: list[int]             # free stack
+    lru: OrderedDict            # unreferenced registered blocks, oldest first
+    ref: list[int]              # refcount per block
+    hash_of: dict[int, bytes]   # block → digest, for registered blocks
+
 class BlockPool:
     "Fixed-size blocks of KV cache per block group, handed out to sequences atomically."
     def __init__(self, spec: ModelCacheSpec,
@@ -147,9 +198,8 @@ class BlockPool:
         self._lru = [OrderedDict() for _ in self.groups]    # unreferenced registered blocks, oldest first
         self._seqs: dict = {}
         self._lock = threading.RLock()
-        # per group, bound once for the hot paths: (name, is_state, window, free stack, LRU, refcounts, block → digest)
-        self._books = tuple(zip([g.name for g in self.groups], [g.kind == "state" for g in self.groups],
-                                [g.window for g in self.groups], self._free, self._lru, self._ref, self._hash_of))
+        self._books = tuple(_Books(g.name, g.kind == "state", g.window, self._free[i], self._lru[i], self._ref[i], self._hash_of[i])
+                            for i, g in enumerate(self.groups))
         self.on_copy: Callable[[int, int, int], None] | None = None  # (group, src, dst): storage copies a block
 
     def __repr__(self):
@@ -191,6 +241,21 @@ class BlockPool:
         "Logical blocks [lo, hi) group `g` keeps for a sequence of n tokens."
         B, w = self.block_tokens, self.groups[g].window
         return (max(0, n - w) // B if w else 0), -(-n // B)
+
+    def _snapshot(self, seq_id):
+        "Everything an `extend` of `seq_id` can change, to put back if what follows it fails."
+        return (seq_id, self._seqs[seq_id].copy(), [list(f) for f in self._free], [list(r) for r in self._ref],
+                [dict(h) for h in self._hash_of], [dict(c) for c in self._cached], [list(l) for l in self._lru])
+
+    def _restore(self, snap):
+        "Put back a `_snapshot`, in place (`_books` holds the very lists and dicts)."
+        seq_id, s, free, ref, hash_of, cached, lru = snap
+        self._seqs[seq_id] = s
+        for g in range(len(self.groups)):
+            self._free[g][:] = free[g]; self._ref[g][:] = ref[g]
+            self._hash_of[g].clear(); self._hash_of[g].update(hash_of[g])
+            self._cached[g].clear(); self._cached[g].update(cached[g])
+            self._lru[g].clear(); self._lru[g].update(dict.fromkeys(lru[g]))
 
     def _check(self, need):
         for g, (asked, avail) in enumerate(need):
@@ -264,7 +329,9 @@ def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
 def admit(self: BlockPool, seq_id, tokens=0) -> int:
     "Start a sequence holding `tokens` (ids, or a count); returns how many leading tokens were found cached."
     with self._lock:
-        if seq_id in self._seqs: raise PoolError(f"sequence {seq_id!r} is already in the pool")
+        try: dup = seq_id in self._seqs
+        except TypeError: _hashable(seq_id)
+        if dup: raise PoolError(f"sequence {seq_id!r} is already in the pool")
         toks, n = _token_arg(tokens)
         hashes = chain_hashes(self._seed, toks, self.block_tokens) if toks is not None else None
         if not hashes: return self._admit_fresh(seq_id, n, hashes, toks)   # no complete block: nothing to share
@@ -273,7 +340,9 @@ def admit(self: BlockPool, seq_id, tokens=0) -> int:
 BlockPool._match, BlockPool._admit_fresh, BlockPool._admit_planned, BlockPool.admit = _match, _admit_fresh, _admit_planned, admit
 
 # %% ../nbs/05_pool.ipynb #88f2cefb
-def extend(self: BlockPool, seq_id, tokens) -> None:
+def extend(self: BlockPool, seq_id, tokens,
+           register: bool = True,   # offer newly completed blocks for sharing now (False: the caller `share`s them once written)
+          ) -> None:
     "Grow a sequence by `tokens` (ids, or a count): new blocks, recycled window blocks, copy-on-write of a shared tail."
     with self._lock:
         s = self._seq(seq_id)
@@ -309,13 +378,27 @@ def extend(self: BlockPool, seq_id, tokens) -> None:
             new = chain_hashes(self._seed, s.tail, B, s.hashes[-1] if s.hashes else None)
             first = len(s.hashes)
             s.hashes += new; s.tail = s.tail[len(new) * B:]
-            for g, *_ in plans:
+            for g, *_ in (plans if register else ()):
                 for j in range(max(first, s.base[g]), first + len(new)):
                     self._register(g, s.tables[g][j - s.base[g]], s.hashes[j])
         else: s.hashes = s.tail = None   # tokens unknown from here on: this sequence shares nothing more
         s.num_tokens = n
 
-BlockPool.extend = extend
+def share(self: BlockPool, seq_id,
+          since_tokens: int,         # blocks completed after this many tokens are considered
+          data_from: Sequence[int],  # per group: the first position whose slot holds real data
+         ) -> None:
+    "Offer for prefix sharing the complete blocks of `seq_id` that were completed after `since_tokens` and hold data in every slot."
+    with self._lock:
+        s = self._seq(seq_id)
+        if not self._sharing or not s.hashes: return
+        B = self.block_tokens
+        for g in range(len(self.groups)):
+            base, table = s.base[g], s.tables[g]
+            for j in range(max(since_tokens // B, base, -(-data_from[g] // B)), min(len(s.hashes), base + len(table))):
+                self._register(g, table[j - base], s.hashes[j])
+
+BlockPool.extend, BlockPool.share = extend, share
 
 # %% ../nbs/05_pool.ipynb #d04d8bf2
 def free(self: BlockPool, seq_id) -> None:
@@ -335,7 +418,7 @@ def fork(self: BlockPool, src, dst) -> None:
     "A new sequence `dst` sharing every block of `src` (its state slot copied)."
     with self._lock:
         s = self._seq(src)
-        if dst in self._seqs: raise PoolError(f"sequence {dst!r} is already in the pool")
+        if _hashable(dst) in self._seqs: raise PoolError(f"sequence {dst!r} is already in the pool")
         states = [g for g, grp in enumerate(self.groups) if grp.kind == "state"]
         self._check([(1, self._avail(g)) if g in states else (0, 0) for g in range(len(self.groups))])
         tables = []
@@ -355,7 +438,7 @@ BlockPool.free, BlockPool.fork = free, fork
 # %% ../nbs/05_pool.ipynb #d4363ba1
 def can_fit(self: BlockPool, num_tokens: int, num_seqs: int = 1) -> bool:
     "Whether `num_seqs` new sequences of `num_tokens` each fit now (prefix hits not counted)."
-    _token_arg(num_tokens); _token_arg(num_seqs)
+    num_tokens, num_seqs = _count("num_tokens", num_tokens), _count("num_seqs", num_seqs)
     with self._lock:
         return all(num_seqs * g.blocks_for(num_tokens, self.block_tokens) <= self._avail(i) for i, g in enumerate(self.groups))
 

@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
 from .config import KVSpecError, UnsupportedCache
-from .pool import BlockPool, PoolError
+from .pool import BlockPool, PoolError, _token_arg
 
 # %% auto #0
 __all__ = ['CorruptCacheFile', 'SpecMismatch', 'PoolStore', 'gather', 'to_caches', 'caches', 'write_back', 'admit', 'cache_path',
@@ -108,42 +108,80 @@ def caches(self: PoolStore, seq_id) -> list:
 PoolStore.caches = caches
 
 # %% ../nbs/06_store.ipynb #c9211f28
-def _live(cache, n: int, window: int | None) -> tuple[mx.array, mx.array]:
+def _live(cache, n: int) -> tuple[mx.array, mx.array]:
     "K and V of the last tokens an mlx-lm cache holds, in temporal order, ending at position n."
     if isinstance(cache, RotatingKVCache):
-        k, v = cache._temporal_order(cache.keys), cache._temporal_order(cache.values)
-        return k, v
+        return cache._temporal_order(cache.keys), cache._temporal_order(cache.values)
     return cache.keys[..., :n, :], cache.values[..., :n, :]
 
+_CACHE_CLASS = {"full": KVCache, "sliding": RotatingKVCache, "state": ArraysCache}
+
+def _cache_problem(c, grp, cache, n: int) -> str | None:
+    "What is wrong with an mlx-lm cache standing for spec leaf `c` of group `grp` at offset n (None: nothing)."
+    want = _CACHE_CLASS[grp.kind]
+    if type(cache) is not want: return f"expected {want.__name__}, got {type(cache).__name__}"
+    if grp.kind == "state":
+        if len(cache.cache) != len(c.state_shapes): return f"{len(cache.cache)} state arrays, expected {len(c.state_shapes)}"
+        for a, shape, dt in zip(cache.cache, c.state_shapes, c.state_dtypes):
+            if a is not None and (tuple(a.shape) != (1, *shape) or a.dtype != getattr(mx, dt)):
+                return f"state array {tuple(a.shape)} {a.dtype}, expected {(1, *shape)} {dt}"
+        return None
+    if grp.kind == "sliding" and (cache.max_size != grp.window or cache.keep):
+        return f"max_size={cache.max_size}, keep={cache.keep}; the pool keeps window {grp.window}, keep 0"
+    if cache.offset != n: return f"at offset {cache.offset}, the pool expects {n}"
+    if n == 0: return None
+    if cache.keys is None or cache.values is None: return "holds no keys or values"
+    dt = getattr(mx, c.dtype)
+    for name, a, dim in (("keys", cache.keys, c.k_head_dim), ("values", cache.values, c.v_head_dim)):
+        if a.ndim != 4 or a.shape[0] != 1 or a.shape[1] != c.n_kv_heads or a.shape[3] != dim or a.dtype != dt:
+            return f"{name} {tuple(a.shape)} {a.dtype}, expected (1, {c.n_kv_heads}, tokens, {dim}) {dt}"
+    need = min(n, grp.window) if grp.window else n
+    if min(cache.keys.shape[2], cache.values.shape[2]) < need: return f"holds {cache.keys.shape[2]} tokens, needs {need}"
+    return None
+
 def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
-    "Extend a sequence by `tokens` (ids or count) and copy what mlx-lm's caches added into its blocks."
-    n_old = self.pool.table(seq_id)[0]
-    offsets = {c.offset for c in caches if hasattr(c, "offset")}
-    k = tokens if isinstance(tokens, int) else len(tokens)
-    if offsets and offsets != {n_old + k}:
-        raise PoolError(f"sequence {seq_id!r}: caches are at offset {sorted(offsets)}, the pool at {n_old} + {k} new tokens")
-    with self.pool._lock:
-        self.pool.extend(seq_id, tokens)   # atomic: raises PoolExhausted with nothing changed
-        n, tables = self.pool.table(seq_id)
-        B = self.pool.block_tokens
-        for i, cache in enumerate(caches):
-            if i not in self.group_of: continue
-            g = self.group_of[i]; grp = self.pool.groups[g]; base, ids = tables[g]
-            arrs = self.arrays[i]
-            if grp.kind == "state":
-                for j, s in enumerate(cache.cache):
-                    if s is not None: arrs[j][ids[0]] = s[0]
-                continue
-            first = max(n_old // B, base)
+    "Extend a sequence by `tokens` (ids or count) and copy what mlx-lm's caches added into its blocks: all or nothing."
+    pool, B = self.pool, self.pool.block_tokens
+    with pool._lock:
+        n_old = pool.table(seq_id)[0]
+        n = n_old + _token_arg(tokens)[1]
+        if not isinstance(caches, (list, tuple)) or len(caches) != len(self.leaves):
+            raise PoolError(f"expected {len(self.leaves)} caches in make_prompt_cache order, got {len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__}")
+        for i, g in self.group_of.items():
+            if (p := _cache_problem(self.leaves[i], pool.groups[g], caches[i], n)): raise PoolError(f"sequence {seq_id!r}, cache {i}: {p}")
+        writes, data_from = [], [0] * len(pool.groups)   # (cache, group, first block to write in its table or None for state, arrays)
+        for i, g in self.group_of.items():
+            if pool.groups[g].kind == "state":
+                writes.append((i, g, None, [None if s is None else s[0] for s in caches[i].cache])); continue
+            lo, hi = pool._range(g, n)                   # the table `extend` will leave
+            first = max(n_old // B, lo)
             if first * B >= n: continue
-            for j, live in enumerate(_live(cache, n, grp.window)):
-                pos0 = n - live.shape[2]                       # position of live[..., 0, :]
+            segs = []
+            for live in _live(caches[i], n):
+                pos0 = n - live.shape[2]                 # position of live[..., 0, :]
                 seg = live[0, :, max(0, first * B - pos0):, :]
-                left, right = max(0, pos0 - first * B), len(ids) * B - (n - base * B)
-                if left or right:
-                    seg = mx.pad(seg, [(0, 0), (left, right), (0, 0)])
-                arrs[j][mx.array(ids[first - base:], dtype=mx.int32)] = seg.reshape(seg.shape[0], -1, B, seg.shape[-1]).transpose(1, 0, 2, 3)
-        mx.eval([a for arrs in self.arrays.values() for a in arrs])
+                left, right = max(0, pos0 - first * B), hi * B - n
+                if left or right: seg = mx.pad(seg, [(0, 0), (left, right), (0, 0)])
+                segs.append(seg.reshape(seg.shape[0], -1, B, seg.shape[-1]).transpose(1, 0, 2, 3))
+                data_from[g] = max(data_from[g], pos0)   # slots before pos0 are zeros: blocks holding them are not shared
+            writes.append((i, g, first - lo, segs))
+        mx.eval([a for *_, arrs in writes for a in arrs if a is not None])
+        snap = pool._snapshot(seq_id)
+        try:
+            pool.extend(seq_id, tokens, register=False)  # raises PoolExhausted with nothing changed
+            tables = pool.table(seq_id)[1]
+            for i, g, off, arrs in writes:
+                ids = tables[g][1]
+                if off is None:
+                    for j, a in enumerate(arrs):
+                        if a is not None: self.arrays[i][j][ids[0]] = a
+                    continue
+                idx = mx.array(ids[off:], dtype=mx.int32)
+                for j, a in enumerate(arrs): self.arrays[i][j][idx] = a
+            mx.eval([a for arrs in self.arrays.values() for a in arrs])
+            pool.share(seq_id, n_old, data_from)
+        except BaseException:
+            pool._restore(snap); raise
 
 PoolStore.write_back = write_back
 
@@ -172,8 +210,11 @@ def cache_path(directory: str | Path, seq_id) -> Path:
     return path
 
 # %% ../nbs/06_store.ipynb #3a7a7638
-def _digest(arrays: dict[str, mx.array]) -> str:
-    h = hashlib.sha256()
+_FORMAT = "kvspec.cache/2"
+_SIGNED = ("format", "fingerprint", "num_tokens")   # metadata the checksum covers, with every array
+
+def _digest(arrays: dict[str, mx.array], meta: dict[str, str]) -> str:
+    h = hashlib.sha256(json.dumps([meta[k] for k in _SIGNED]).encode())
     for k in sorted(arrays):
         a = arrays[k]
         h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.view(mx.uint8))))
@@ -191,8 +232,8 @@ def save(self: PoolStore, seq_id, directory: str | Path) -> Path:
         n, held = self.gather(seq_id)
     arrays = {f"{i}.{j}": a for i, arrs in held.items() for j, a in enumerate(arrs)}
     mx.eval(arrays)
-    meta = {"format": "kvspec.cache/1", "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True),
-            "num_tokens": str(n), "sha256": _digest(arrays)}
+    meta = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
+    meta["sha256"] = _digest(arrays, meta)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.safetensors")
     try:
         _write_file(tmp, arrays, meta)
@@ -219,25 +260,53 @@ def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     if not path.is_file(): raise CorruptCacheFile(f"{path}: no such file")
     try: arrays, meta = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as e: raise CorruptCacheFile(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != "kvspec.cache/1" or "fingerprint" not in meta or "sha256" not in meta:
-        raise CorruptCacheFile(f"{path}: not a kvspec cache file (metadata {sorted(meta)})")
-    if _digest(arrays) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
+    if meta.get("format") != _FORMAT or any(k not in meta for k in (*_SIGNED, "sha256")):
+        raise CorruptCacheFile(f"{path}: not a kvspec cache file of format {_FORMAT} (format {meta.get('format')!r}, metadata {sorted(meta)})")
+    if _digest(arrays, meta) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
+    try: fp = json.loads(meta["fingerprint"])
+    except ValueError: fp = None
+    if not isinstance(fp, dict) or not isinstance(fp.get("caches"), list) or not all(isinstance(c, dict) for c in fp["caches"]):
+        raise CorruptCacheFile(f"{path}: the fingerprint is not a kvspec spec fingerprint")
+    if not re.fullmatch(r"0|[1-9][0-9]*", meta["num_tokens"]): raise CorruptCacheFile(f"{path}: num_tokens {meta['num_tokens']!r} is not a count")
     return arrays, meta
+
+def _expected_arrays(self: PoolStore, n: int) -> dict[str, tuple[tuple[int, ...], mx.Dtype]]:
+    "Name → (shape, dtype) of every array `save` writes for a sequence of n tokens in this pool."
+    out = {}
+    for i, g in self.group_of.items():
+        c, grp = self.leaves[i], self.pool.groups[g]
+        if grp.kind == "state":
+            for j, (s, d) in enumerate(zip(c.state_shapes, c.state_dtypes)): out[f"{i}.{j}"] = ((1, *s), getattr(mx, d))
+            continue
+        held = min(n, grp.window) if grp.window else n
+        for j, d in enumerate((c.k_head_dim, c.v_head_dim)): out[f"{i}.{j}"] = ((1, c.n_kv_heads, held, d), getattr(mx, c.dtype))
+    return out
 
 def load(self: PoolStore, directory: str | Path, seq_id, tokens=None) -> int:
     "Restore a saved sequence into this pool under `seq_id`; returns its token count."
-    arrays, meta = read_cache_file(cache_path(directory, seq_id))
+    path = cache_path(directory, seq_id)
+    arrays, meta = read_cache_file(path)
     fp = json.loads(meta["fingerprint"])
     if fp != self.pool.fingerprint:
-        raise SpecMismatch(f"{seq_id!r} was saved for a different cache spec: {_fp_diff(fp, self.pool.fingerprint)}")
+        try: diff = _fp_diff(fp, self.pool.fingerprint)
+        except Exception: diff = "fingerprints differ"
+        raise SpecMismatch(f"{seq_id!r} was saved for a different cache spec: {diff}")
     n = int(meta["num_tokens"])
-    if tokens is not None and len(tokens) != n: raise PoolError(f"{seq_id!r} holds {n} tokens, {len(tokens)} token ids given")
+    if tokens is not None:
+        toks, k = _token_arg(tokens)
+        if toks is None or k != n: raise PoolError(f"{seq_id!r} holds {n} tokens, give as many token ids (got {tokens!r:.40})")
+    want = self._expected_arrays(n)
+    if set(arrays) != set(want):
+        raise CorruptCacheFile(f"{path}: arrays missing {sorted(set(want) - set(arrays))}, unexpected {sorted(set(arrays) - set(want))}")
+    for k, (shape, dt) in want.items():
+        if tuple(arrays[k].shape) != shape or arrays[k].dtype != dt:
+            raise CorruptCacheFile(f"{path}: array {k} is {tuple(arrays[k].shape)} {arrays[k].dtype}, this pool needs {shape} {dt} at {n} tokens")
     held = {i: [arrays[f"{i}.{j}"] for j in range(len(self.arrays[i]))] for i in self.group_of}
     caches = self.to_caches(n, held)
     with self.pool._lock:
         self.pool.admit(seq_id, 0)
-        try: self.write_back(seq_id, caches, n if tokens is None else list(tokens))
+        try: self.write_back(seq_id, caches, n if tokens is None else toks)
         except BaseException: self.pool.free(seq_id); raise
     return n
 
-PoolStore.load = load
+PoolStore._expected_arrays, PoolStore.load = _expected_arrays, load
