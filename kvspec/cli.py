@@ -11,27 +11,23 @@ import json
 import sys
 
 from .config import KVSpecError
-from .spec import ModelCacheSpec
+from .plan import add_plan_parser, format_bytes
+from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['fmt_bytes', 'inspect_report', 'inspect_command', 'build_parser', 'main']
-
-# %% ../nbs/09_cli.ipynb #c08a22e4
-def fmt_bytes(n: float) -> str:
-    "Bytes in binary units, e.g. `1.50 GiB`."
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
+__all__ = ['inspect_report', 'inspect_command', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #a6a5a146
-def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_step_size: int = 2048) -> dict:
+def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_step_size: int = 2048,
+                   quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
+                  ) -> dict:
     "What `kvspec inspect` reports, as plain data."
     per_kind: dict[str, dict] = {}
     for c in spec.caches:
         k = per_kind.setdefault(c.kind, {"caches": 0, "slot_bytes": 0, "state_bytes": 0})
         k["caches"] += 1; k["slot_bytes"] += c.slot_bytes; k["state_bytes"] += c.state_nbytes
-    final, peak = spec.generate_nbytes(context, 0, batch, prefill_step_size)
+    final, peak = spec.generate_nbytes(context, 0, batch, prefill_step_size, quantized_kv_start)
     deciding = spec.detection.deciding if spec.detection else None
     return {
         "model_type": spec.model_type, "source": spec.source, "dtype": spec.dtype,
@@ -42,6 +38,7 @@ def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_s
         "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "v_head_dim": spec.v_head_dim,
         "sliding_window": spec.sliding_window,
         "per_kind": per_kind, "context": context, "batch": batch, "prefill_step_size": prefill_step_size,
+        "quantized_kv_start": quantized_kv_start,
         "total_bytes": final, "peak_bytes": peak, "notes": list(spec.notes),
         "caches": [{k: v for k, v in row.items()} for row in spec.to_frame().reset_index().to_dict("records")],
     }
@@ -62,15 +59,15 @@ def _print_inspect(r: dict, spec: ModelCacheSpec, out):
     p(frame.astype(object).where(frame.notna(), "").to_string())  # blanks, not <NA>, where a field does not apply
     p("\nper kind (one sequence):")
     for kind, k in r["per_kind"].items():
-        extra = f", state {fmt_bytes(k['state_bytes'])}" if k["state_bytes"] else ""
+        extra = f", state {format_bytes(k['state_bytes'])}" if k["state_bytes"] else ""
         held = " (held for the last window tokens only)" if kind in ("sliding", "chunked") else ""
         p(f"  {kind:10} {k['caches']:3} caches  {k['slot_bytes']:>9,} bytes per token{held}{extra}")
     p(f"\ntotal at context {r['context']:,}, batch {r['batch']} (mlx_lm.generate feeding, prefill step {r['prefill_step_size']}):")
-    p(f"  {r['total_bytes']:,} bytes ({fmt_bytes(r['total_bytes'])}); peak during prefill {r['peak_bytes']:,} bytes ({fmt_bytes(r['peak_bytes'])})")
+    p(f"  {r['total_bytes']:,} bytes ({format_bytes(r['total_bytes'])}); peak during prefill {r['peak_bytes']:,} bytes ({format_bytes(r['peak_bytes'])})")
 
 def inspect_command(args) -> int:
     spec = ModelCacheSpec.from_pretrained(args.model, dtype=args.dtype, kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
-    report = inspect_report(spec, args.context, args.batch, args.prefill_step)
+    report = inspect_report(spec, args.context, args.batch, args.prefill_step, args.quantized_kv_start)
     if args.json: print(json.dumps(report, indent=1, default=str))
     else: _print_inspect(report, spec, sys.stdout)
     return 0
@@ -82,6 +79,12 @@ def _positive(s: str) -> int:
     if v <= 0: raise argparse.ArgumentTypeError(f"{v} must be positive")
     return v
 
+def _non_negative(s: str) -> int:
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0: raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
+    return v
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvspec", description="Exact KV-cache specs of mlx-lm models, without weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,15 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--batch", type=_positive, default=1)
     ins.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None, help="default: the config's")
     ins.add_argument("--kv-bits", type=int, choices=[2, 3, 4, 5, 6, 8], default=None)
+    ins.add_argument("--quantized-kv-start", type=_non_negative, default=DEFAULT_QUANTIZED_KV_START,
+                     help=f"tokens a cache holds unquantized before --kv-bits applies (default {DEFAULT_QUANTIZED_KV_START}, "
+                          "mlx_lm.generate's; 0: quantized from the first token)")
     ins.add_argument("--max-kv-size", type=_positive, default=None)
     ins.add_argument("--prefill-step", type=_positive, default=2048, help="mlx_lm.generate's prefill_step_size")
     ins.add_argument("--json", action="store_true", help="print one JSON object")
     ins.set_defaults(run=inspect_command)
-    try:
-        from kvspec.plan import add_plan_parser
-        add_plan_parser(sub)
-    except ImportError:
-        pass
+    add_plan_parser(sub)
     return parser
 
 def main(argv: list[str] | None = None) -> int:

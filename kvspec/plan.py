@@ -15,13 +15,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .config import ConfigError, KVSpecError, UnsupportedCache, config_dtype, load_config, text_config
-from .spec import DTYPE_BYTES, CacheSpec, ModelCacheSpec, generate_chunks
+from .spec import DEFAULT_QUANTIZED_KV_START, DTYPE_BYTES, CacheSpec, ModelCacheSpec, generate_chunks
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'QUANTIZED_KV_START', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes',
-           'naive_full_nbytes', 'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity',
-           'add_plan_parser', 'run_plan', 'plan_command']
+__all__ = ['MAX_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes', 'naive_full_nbytes',
+           'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity', 'add_plan_parser',
+           'run_plan', 'plan_command']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -47,6 +47,7 @@ def parse_bytes(budget: int | str) -> int:
             raise InvalidBudget(f"unknown unit {m.group(2)!r} in {budget!r}: use B, KB, MB, GB, TB (powers of 1000) "
                                 "or KiB, MiB, GiB, TiB (powers of 1024)")
         value = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(value): raise InvalidBudget(f"{budget!r} is too large to be a size")
         if value != int(value): raise InvalidBudget(f"{budget!r} is not a whole number of bytes")
         n = int(value)
     if n <= 0: raise InvalidBudget(f"budget must be positive, got {budget!r}")
@@ -60,52 +61,71 @@ def format_bytes(n: int | float) -> str:
         n /= 1024
 
 # %% ../nbs/08_plan.ipynb #009a07bc
-def _geometries(spec: ModelCacheSpec) -> Counter:
-    return Counter(dataclasses.replace(c, layers=()) for c in spec.caches)
+def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
 
-def sequence_nbytes(spec: ModelCacheSpec, context: int, prefill_step: int = 2048) -> tuple[int, int]:
+def _geometries(spec: ModelCacheSpec) -> list[tuple[CacheSpec, int]]:
+    "Distinct caches with how many there are; a cache sized by replay always stands alone."
+    counts, alone = Counter(), []
+    for c in spec.caches:
+        if _replayed(c): alone.append((c, 1))
+        else: counts[dataclasses.replace(c, layers=())] += 1
+    return list(counts.items()) + alone
+
+def sequence_nbytes(spec: ModelCacheSpec, context: int, prefill_step: int = 2048,
+                    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # quantized caches stay plain until they hold this many tokens
+                   ) -> tuple[int, int]:
     "(steady, peak) cache bytes of one sequence holding `context` tokens, fed as `mlx_lm.generate` feeds it."
     chunks = generate_chunks(context, 0, prefill_step)
     totals = [0] * len(chunks)
-    for geometry, count in _geometries(spec).items():
-        for i, b in enumerate(geometry.nbytes_after(chunks)): totals[i] += count * b
+    for cache, count in _geometries(spec):
+        for i, b in enumerate(cache.nbytes_after(chunks, 1, quantized_kv_start)): totals[i] += count * b
     return totals[-1], max(totals)
 
 # %% ../nbs/08_plan.ipynb #c3cb2bc3
-def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int:
-    "Bytes of one sequence if every layer were full attention with its true dims (no windows, no padding)."
+def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
+    "Bytes of one sequence if every layer were full attention with its true dims (no windows, no padding); None without dims."
     attn = next((l.slot_bytes for l in spec.leaves() if l.slot_bytes), 0)  # what a recurrent layer is taken for
-    return sum((l.slot_bytes or attn) * context or l.state_nbytes for l in spec.leaves())
+    sizes = [(l.slot_bytes or attn) * context or l.state_nbytes for l in spec.leaves()]
+    return sum(sizes) if sizes and all(sizes) else None
 
-def seed_formula_nbytes(config: dict, context: int) -> int:
-    "The EXP-001 notes' estimate: layers × kv heads × (hidden // heads) × 2 (K+V) × 2 bytes × context."
+def _positive_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+def seed_formula_nbytes(config: dict, context: int) -> int | None:
+    "The EXP-001 notes' estimate: layers × kv heads × (hidden // heads) × 2 (K+V) × 2 bytes × context; None without the numbers."
     tc = text_config(config)
-    return tc["num_hidden_layers"] * tc["num_key_value_heads"] * (tc["hidden_size"] // tc["num_attention_heads"]) * 2 * 2 * context
+    n = [tc.get(k) for k in ("num_hidden_layers", "num_key_value_heads", "hidden_size", "num_attention_heads")]
+    if not all(map(_positive_int, n)): return None
+    layers, kv_heads, hidden, heads = n
+    return layers * kv_heads * (hidden // heads) * 2 * 2 * context or None
 
 # %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
-QUANTIZED_KV_START = 5000     # mlx_lm.generate.DEFAULT_QUANTIZED_KV_START
 
-def _check_count(name: str, v) -> int:
+def _check_count(name: str, v, minimum: int = 1) -> int:
     if isinstance(v, str) and v.strip().isdigit(): v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise InvalidBudget(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise InvalidBudget(f"{name} must be a {'positive' if minimum else 'non-negative'} integer, got {v!r}")
     return v
 
 def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step: int = 2048,
              at_peak: bool = True, # budget for the prefill peak (else the steady state)
+             quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
             ) -> int:
     "How many sequences of `context` tokens fit in `budget` bytes of KV cache."
     budget, context = parse_bytes(budget), _check_count("context", context)
-    steady, peak = sequence_nbytes(spec, context, _check_count("prefill_step", prefill_step))
+    steady, peak = sequence_nbytes(spec, context, _check_count("prefill_step", prefill_step),
+                                   _check_count("quantized_kv_start", quantized_kv_start, 0))
     per = peak if at_peak else steady
     return budget // per if per else 0
 
 def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, prefill_step: int = 2048,
-                limit: int = MAX_CONTEXT_TOKENS) -> int:
+                limit: int = MAX_CONTEXT_TOKENS,
+                quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
+               ) -> int:
     "Longest context (tokens) that `sequences` sequences can each hold within `budget`, counting the prefill peak."
     budget, sequences = parse_bytes(budget), _check_count("sequences", sequences)
-    fits = lambda c: sequences * sequence_nbytes(spec, c, prefill_step)[1] <= budget
+    quantized_kv_start = _check_count("quantized_kv_start", quantized_kv_start, 0)
+    fits = lambda c: sequences * sequence_nbytes(spec, c, prefill_step, quantized_kv_start)[1] <= budget
     if not fits(1): return 0
     lo, hi = 1, 2
     while hi < limit and fits(hi): lo, hi = hi, hi * 2
@@ -128,18 +148,20 @@ class Plan:
     context_tokens: int
     sequences: int                      # sequences asked about for max_context_tokens
     kv_bits: int | None
+    quantized_kv_start: int             # a quantized cache holds plain K/V until it has this many tokens
     prefill_step: int
     steady_bytes: int                   # one sequence, context in, decoding
     peak_bytes: int                     # one sequence, largest during prefill
     num_sequences: int                  # fit at the prefill peak
     num_sequences_steady: int           # fit at the steady state
     max_context_tokens: int             # longest context for `sequences` sequences (at the peak)
-    naive_full_bytes: int               # every cache as full attention, true dims
+    naive_full_bytes: int | None        # every cache as full attention, true dims (None: no dims to count with)
     seed_formula_bytes: int | None = None  # the EXP-001 notes' formula, if the config was available
     notes: tuple[str, ...] = ()
 
     @property
-    def naive_full_sequences(self) -> int: return self.budget_bytes // self.naive_full_bytes
+    def naive_full_sequences(self) -> int | None:
+        return None if self.naive_full_bytes is None else self.budget_bytes // self.naive_full_bytes
     @property
     def seed_formula_sequences(self) -> int | None:
         return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes
@@ -152,11 +174,13 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
          prefill_step: int = 2048,           # mlx_lm.generate's prefill_step_size
          sequences: int = 1,                 # sequences to find the longest context for
          dtype: str | None = None,           # cache dtype; default: the config's
+         quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first (0: from the start)
         ) -> Plan:
     "How many sequences of `context` tokens fit in `budget`, and how long a context `sequences` sequences can have."
     budget = parse_bytes(budget)
     context, prefill_step, sequences = (_check_count(n, v) for n, v in
                                         (("context", context), ("prefill_step", prefill_step), ("sequences", sequences)))
+    qstart = _check_count("quantized_kv_start", quantized_kv_start, 0)
     cfg = None
     if isinstance(model, ModelCacheSpec):
         if kv_bits is not None or dtype is not None:
@@ -168,17 +192,19 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
         try:
             spec = ModelCacheSpec.from_config(cfg, dtype=dtype, kv_bits=kv_bits)
         except UnsupportedCache as e:
+            if kv_bits is None: raise
             raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "
                                    "plan without kv_bits") from None
-    steady, peak = sequence_nbytes(spec, context, prefill_step)
-    notes = spec.notes + ((f"kv_bits={kv_bits}: sized as quantized from the first token; mlx_lm.generate keeps the cache "
-                           f"unquantized until it holds quantized_kv_start={QUANTIZED_KV_START} tokens (its default), so its "
-                           f"prefill peak can be that of about {QUANTIZED_KV_START + prefill_step:,} unquantized tokens",)
-                          if kv_bits is not None else ())
+    steady, peak = sequence_nbytes(spec, context, prefill_step, qstart)
+    when = (f"stays {spec.dtype} until it holds quantized_kv_start={qstart} tokens, as mlx_lm.generate keeps it "
+            f"(quantized_kv_start=0 plans for a cache quantized from the first token)" if qstart else
+            f"is quantized from the first token (quantized_kv_start=0); mlx_lm.generate keeps it {spec.dtype} "
+            f"for its first {DEFAULT_QUANTIZED_KV_START} tokens unless told otherwise")
+    notes = spec.notes + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
     return Plan(model=name, dtype=spec.dtype, pattern=spec.pattern, budget_bytes=budget, context_tokens=context,
-                sequences=sequences, kv_bits=kv_bits, prefill_step=prefill_step,
-                steady_bytes=steady, peak_bytes=peak, num_sequences=budget // peak,
-                num_sequences_steady=budget // steady, max_context_tokens=max_context(spec, budget, sequences, prefill_step),
+                sequences=sequences, kv_bits=kv_bits, quantized_kv_start=qstart, prefill_step=prefill_step,
+                steady_bytes=steady, peak_bytes=peak, num_sequences=budget // peak, num_sequences_steady=budget // steady,
+                max_context_tokens=max_context(spec, budget, sequences, prefill_step, quantized_kv_start=qstart),
                 naive_full_bytes=naive_full_nbytes(spec, context),
                 seed_formula_bytes=None if cfg is None else seed_formula_nbytes(cfg, context), notes=notes)
 
@@ -187,20 +213,22 @@ def _to_frame(self: Plan):
     "One row per estimate: bytes per sequence and how many sequences fit."
     import pandas as pd
     rows = [("kvspec, prefill peak", self.peak_bytes), ("kvspec, steady", self.steady_bytes),
-            ("naive: all layers full, true dims", self.naive_full_bytes)]
-    if self.seed_formula_bytes is not None: rows.append(("naive: EXP-001 seed formula", self.seed_formula_bytes))
+            ("naive: all layers full, true dims", self.naive_full_bytes), ("naive: EXP-001 seed formula", self.seed_formula_bytes)]
     return pd.DataFrame([{"estimate": e, "bytes_per_sequence": b, "per_sequence": format_bytes(b),
-                          "sequences": self.budget_bytes // b} for e, b in rows]).set_index("estimate")
+                          "sequences": self.budget_bytes // b} for e, b in rows if b is not None]).set_index("estimate")
 
 def _repr(self: Plan) -> str:
-    kv = f"{self.kv_bits}-bit KV" if self.kv_bits else f"{self.dtype} KV"
+    kv = (f"{self.kv_bits}-bit KV" + (f" from token {self.quantized_kv_start:,}" if self.quantized_kv_start else "")
+          if self.kv_bits else f"{self.dtype} KV")
     seed = (f"; EXP-001 seed formula {format_bytes(self.seed_formula_bytes)} → {self.seed_formula_sequences}"
             if self.seed_formula_bytes is not None else "")
+    naive = ("n/a (no cache has attention dims)" if self.naive_full_bytes is None else
+             f"{format_bytes(self.naive_full_bytes)} → {self.naive_full_sequences}")
     lines = [f"Plan for {self.model} ({self.pattern}, {kv}): budget {format_bytes(self.budget_bytes)}, "
              f"context {self.context_tokens:,} tokens, prefill step {self.prefill_step}",
              f"  per sequence: {format_bytes(self.steady_bytes)} steady, {format_bytes(self.peak_bytes)} prefill peak",
              f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
-             f"  naive: all layers full {format_bytes(self.naive_full_bytes)} → {self.naive_full_sequences}{seed}",
+             f"  naive: all layers full {naive}{seed}",
              f"  longest context for {self.sequences} sequence{'s' if self.sequences > 1 else ''}: "
              f"{self.max_context_tokens:,} tokens" + (" (search limit)" if self.max_context_tokens >= MAX_CONTEXT_TOKENS else "")]
     return "\n".join(lines + [f"  note: {n}" for n in self.notes])
@@ -222,7 +250,8 @@ def plot_capacity(models: dict, # label: ModelCacheSpec
     for i, (label, spec) in enumerate(models.items()):
         color = f"C{i}"
         ax.plot(contexts, [capacity(spec, budget, c, prefill_step) for c in contexts], color=color, label=label)
-        if naive: ax.plot(contexts, [budget // naive_full_nbytes(spec, c) for c in contexts], color=color, ls="--", lw=1)
+        naive_nbytes = [naive_full_nbytes(spec, c) for c in contexts] if naive else [None]
+        if None not in naive_nbytes: ax.plot(contexts, [budget // b for b in naive_nbytes], color=color, ls="--", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="sequences that fit",
            title=f"KV-cache capacity in {format_bytes(budget)} (dashed: naive all-full)")
     ax.legend(fontsize=7)
@@ -230,12 +259,16 @@ def plot_capacity(models: dict, # label: ModelCacheSpec
 
 # %% ../nbs/08_plan.ipynb #155da157
 def add_plan_parser(subparsers) -> argparse.ArgumentParser:
-    "Add `kvspec plan NAME_OR_PATH --budget 16GiB --context 32768 [--kv-bits N] [--prefill-step N] [--sequences N] [--json]`."
+    "Add `kvspec plan NAME_OR_PATH --budget 16GiB --context 32768 [--kv-bits N] [--quantized-kv-start N] [--prefill-step N] [--sequences N] [--json]`."
     p = subparsers.add_parser("plan", help="how many sequences of a context fit in a KV-cache memory budget")
     p.add_argument("model", help="preset name, config.json, model directory, or hub id (config.json only)")
     p.add_argument("--budget", required=True, help="memory for the KV cache, e.g. 16GiB, '16 GB', 512MiB, or bytes")
     p.add_argument("--context", required=True, help="tokens each sequence holds")
-    p.add_argument("--kv-bits", type=int, choices=[2, 3, 4, 5, 6, 8], default=None, help="quantize KV as mlx_lm.generate does")
+    p.add_argument("--kv-bits", type=int, choices=[2, 3, 4, 5, 6, 8], default=None,
+                   help="quantize KV as mlx_lm.generate does, once a cache holds --quantized-kv-start tokens")
+    p.add_argument("--quantized-kv-start", default=DEFAULT_QUANTIZED_KV_START,
+                   help=f"tokens a cache holds unquantized before --kv-bits applies (default {DEFAULT_QUANTIZED_KV_START}, "
+                        "mlx_lm.generate's; 0: quantized from the first token)")
     p.add_argument("--prefill-step", default=2048, help="mlx_lm.generate's prefill_step_size (default 2048)")
     p.add_argument("--sequences", default=1, help="sequences to find the longest context for (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -245,7 +278,7 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
 def run_plan(args) -> int:
     "Run `kvspec plan` on parsed arguments: print the plan, return the exit code."
     pl = plan(args.model, args.budget, args.context, kv_bits=args.kv_bits, prefill_step=args.prefill_step,
-              sequences=args.sequences)
+              sequences=args.sequences, quantized_kv_start=args.quantized_kv_start)
     print(json.dumps(pl.to_dict(), indent=1) if args.json else repr(pl))
     return 0
 
