@@ -21,7 +21,7 @@ from .spec import ModelCacheSpec, check_chunks
 __all__ = ['from_config', 'from_pretrained', 'from_model', 'measured_nbytes', 'tiny_config']
 
 # %% ../nbs/04_build.ipynb #9db63f46
-def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits=None, kv_group_size=64):
+def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits=None, kv_group_size=64, dtype=None):
     notes = []
     if max_kv_size is not None and hasattr(model, "make_cache"):
         notes.append(f"max_kv_size={max_kv_size} ignored: {type(model).__module__}.Model defines make_cache, "
@@ -44,7 +44,7 @@ def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits
     num_layers = text_config(cfg).get("num_hidden_layers") or len(model_layers(model))
     dtypes = {c.dtype for c in specs if c.dtype} | {d for c in specs for d in c.state_dtypes}
     return ModelCacheSpec(model_type=cfg.get("model_type") or getattr(model, "model_type", type(model).__module__),
-                          caches=specs, num_layers=num_layers, dtype="/".join(sorted(dtypes)) or "none",
+                          caches=specs, num_layers=num_layers, dtype="/".join(sorted(dtypes)) or dtype or "unknown",
                           source=origin, detection=detect(cfg, model, list(specs), num_layers), notes=tuple(notes))
 
 # %% ../nbs/04_build.ipynb #bb844e24
@@ -66,7 +66,8 @@ def from_config(cls, config: dict | str, *,
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
     _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
     model = weightless_model(cfg, dtype, origin)
-    return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
+    return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits,
+                            kv_group_size=kv_group_size, dtype=dtype)
 
 @classmethod
 def from_pretrained(cls, name_or_path: str, **kwargs) -> ModelCacheSpec:
