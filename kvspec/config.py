@@ -81,7 +81,7 @@ def fetch_hub_config(repo_id: str, revision: str | None = None) -> Path:
 # %% ../nbs/00_config.ipynb #2b5cb0a8
 def check_structure(cfg: dict, origin: str = "<dict>") -> dict:
     "Refuse the wrong JSON types where kvspec and mlx-lm expect a structure, before anything reads them."
-    if not isinstance(cfg.get("text_config") or {}, dict):
+    if cfg.get("text_config") is not None and not isinstance(cfg["text_config"], dict):
         raise ConfigError(f"{origin}: text_config must be an object, got {type(cfg['text_config']).__name__}")
     for where, c in (("", cfg), ("text_config.", cfg.get("text_config") or {})):
         lt = c.get("layer_types")
