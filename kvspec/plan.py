@@ -19,9 +19,9 @@ from .spec import DEFAULT_QUANTIZED_KV_START, DTYPE_BYTES, CacheSpec, ModelCache
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes', 'naive_full_nbytes',
-           'seed_formula_nbytes', 'capacity', 'max_context', 'Plan', 'plan', 'plot_capacity', 'add_plan_parser',
-           'run_plan', 'plan_command']
+__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes',
+           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'plan',
+           'plot_capacity', 'add_plan_parser', 'run_plan', 'plan_command']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -100,9 +100,14 @@ def seed_formula_nbytes(config: dict, context: int) -> int | None:
 
 # %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
+REPLAY_CONTEXT_TOKENS = 1 << 17  # 131,072: ... or here, for a spec with a cache sized by lazy replay (costs grow per token replayed)
+
+def context_limit(spec: ModelCacheSpec) -> int:
+    "Context (tokens) at which the longest-context search stops for `spec`."
+    return REPLAY_CONTEXT_TOKENS if any(map(_replayed, spec.caches)) else MAX_CONTEXT_TOKENS
 
 def _check_count(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, str) and v.strip().isdigit(): v = int(v)
+    if isinstance(v, str) and v.strip().isdecimal(): v = int(v)  # not isdigit: '²' is a digit that int() refuses
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise InvalidBudget(f"{name} must be a {'positive' if minimum else 'non-negative'} integer, got {v!r}")
     return v
@@ -119,12 +124,13 @@ def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step
     return budget // per if per else 0
 
 def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, prefill_step: int = 2048,
-                limit: int = MAX_CONTEXT_TOKENS,
+                limit: int | None = None, # the search stops here (default: context_limit(spec)); a result equal to it is a lower bound
                 quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
                ) -> int:
     "Longest context (tokens) that `sequences` sequences can each hold within `budget`, counting the prefill peak."
     budget, sequences = parse_bytes(budget), _check_count("sequences", sequences)
     quantized_kv_start = _check_count("quantized_kv_start", quantized_kv_start, 0)
+    limit = context_limit(spec) if limit is None else _check_count("limit", limit)
     fits = lambda c: sequences * sequence_nbytes(spec, c, prefill_step, quantized_kv_start)[1] <= budget
     if not fits(1): return 0
     lo, hi = 1, 2
@@ -155,6 +161,7 @@ class Plan:
     num_sequences: int                  # fit at the prefill peak
     num_sequences_steady: int           # fit at the steady state
     max_context_tokens: int             # longest context for `sequences` sequences (at the peak)
+    max_context_limit_tokens: int = MAX_CONTEXT_TOKENS  # where that search stopped: max_context_tokens == it is a lower bound
     naive_full_bytes: int | None        # every cache as full attention, true dims (None: no dims to count with)
     seed_formula_bytes: int | None = None  # the EXP-001 notes' formula, if the config was available
     notes: tuple[str, ...] = ()
@@ -200,11 +207,17 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
             f"(quantized_kv_start=0 plans for a cache quantized from the first token)" if qstart else
             f"is quantized from the first token (quantized_kv_start=0); mlx_lm.generate keeps it {spec.dtype} "
             f"for its first {DEFAULT_QUANTIZED_KV_START} tokens unless told otherwise")
-    notes = spec.notes + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
+    limit = context_limit(spec)
+    longest = max_context(spec, budget, sequences, prefill_step, limit, qstart)
+    why = ("caches sized by a lazy replay of mlx-lm cost time and memory for every token replayed, so kvspec searches no further "
+           "(REPLAY_CONTEXT_TOKENS)" if limit == REPLAY_CONTEXT_TOKENS else "the search stops there (MAX_CONTEXT_TOKENS)")
+    capped = ((f"longest context: searched up to {limit:,} tokens only and {sequences} sequence(s) fit there, "
+               f"so the true longest context is at least {limit:,} tokens; {why}",) if longest >= limit else ())
+    notes = spec.notes + capped + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
     return Plan(model=name, dtype=spec.dtype, pattern=spec.pattern, budget_bytes=budget, context_tokens=context,
                 sequences=sequences, kv_bits=kv_bits, quantized_kv_start=qstart, prefill_step=prefill_step,
                 steady_bytes=steady, peak_bytes=peak, num_sequences=budget // peak, num_sequences_steady=budget // steady,
-                max_context_tokens=max_context(spec, budget, sequences, prefill_step, quantized_kv_start=qstart),
+                max_context_tokens=longest, max_context_limit_tokens=limit,
                 naive_full_bytes=naive_full_nbytes(spec, context),
                 seed_formula_bytes=None if cfg is None else seed_formula_nbytes(cfg, context), notes=notes)
 
@@ -230,7 +243,7 @@ def _repr(self: Plan) -> str:
              f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
              f"  naive: all layers full {naive}{seed}",
              f"  longest context for {self.sequences} sequence{'s' if self.sequences > 1 else ''}: "
-             f"{self.max_context_tokens:,} tokens" + (" (search limit)" if self.max_context_tokens >= MAX_CONTEXT_TOKENS else "")]
+             f"{self.max_context_tokens:,} tokens" + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else "")]
     return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 def _to_dict(self: Plan) -> dict:
