@@ -14,15 +14,16 @@ import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, NamedTuple, Sequence
 
 from .config import KVSpecError, UnsupportedCache
 from .spec import CacheSpec, ModelCacheSpec
 
 # %% auto #0
-__all__ = ['PoolError', 'PoolExhausted', 'spec_fingerprint', 'fingerprint_digest', 'BlockGroup', 'group_key', 'seq_need_bytes',
-           'plan_groups', 'chain_hashes', 'BlockPool', 'table', 'admit', 'extend', 'share', 'free', 'fork', 'can_fit',
-           'prefix_tokens', 'stats', 'check']
+__all__ = ['MAX_BLOCKS', 'PoolError', 'PoolExhausted', 'spec_fingerprint', 'fingerprint_digest', 'BlockGroup', 'group_key',
+           'seq_need_bytes', 'plan_groups', 'chain_hashes', 'BlockPool', 'table', 'admit', 'extend', 'share', 'free',
+           'fork', 'can_fit', 'prefix_tokens', 'stats', 'check']
 
 # %% ../nbs/05_pool.ipynb #97efeab6
 class PoolError(KVSpecError, ValueError):
@@ -91,6 +92,11 @@ def _check_split(split, names: list[str]) -> None:
     if math.fsum(split.values()) > 1:
         raise PoolError(f"split shares sum to {math.fsum(split.values()):.6g}: more than 1 would allocate more than budget_bytes")
 
+def _share_bytes(budget_bytes: int, share: float) -> int:
+    "Whole bytes of `share` × `budget_bytes`, exact in integers when the budget is beyond a float."
+    try: return int(budget_bytes * share)
+    except OverflowError: return int(Fraction(budget_bytes) * Fraction(share))
+
 def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, split=None) -> tuple[BlockGroup, ...]:
     "Block groups of a spec, each given its share of `budget_bytes`; every group gets at least one block or this raises."
     leaves = spec.leaves()
@@ -107,7 +113,7 @@ def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, spli
         need = {n: seq_need_bytes(k, w, b, context_tokens, block_tokens) for n, (k, w, _, b) in zip(names, groups)}
         total = sum(need.values()); split = {n: v / total for n, v in need.items()}
     else: _check_split(split, names)
-    out = tuple(BlockGroup(name=n, kind=k, window=w, leaves=idx, block_bytes=b, num_blocks=int(budget_bytes * split[n]) // b)
+    out = tuple(BlockGroup(name=n, kind=k, window=w, leaves=idx, block_bytes=b, num_blocks=_share_bytes(budget_bytes, split[n]) // b)
                 for n, (k, w, idx, b) in zip(names, groups))
     for g in out:
         if g.num_blocks == 0:
@@ -176,6 +182,8 @@ class _Books(NamedTuple):
     ref: list[int]              # refcount per block
     hash_of: dict[int, bytes]   # block → digest, for registered blocks
 
+MAX_BLOCKS = 1 << 32   # per group: the bookkeeping lists hold one entry per block
+
 class BlockPool:
     "Fixed-size blocks of KV cache per block group, handed out to sequences atomically."
     def __init__(self, spec: ModelCacheSpec,
@@ -188,6 +196,10 @@ class BlockPool:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0: raise PoolError(f"{name} must be a positive integer, got {v!r}")
         self.spec, self.block_tokens = spec, block_tokens
         self.groups = plan_groups(spec, budget_bytes, block_tokens, context_tokens, split)
+        for g in self.groups:
+            if g.num_blocks > MAX_BLOCKS:
+                raise PoolError(f"block group {g.name!r} would get {g.num_blocks} blocks, more than the {MAX_BLOCKS} a pool keeps books "
+                                f"for: give a smaller budget_bytes or a larger block_tokens")
         self.fingerprint = spec_fingerprint(spec)
         self._seed = fingerprint_digest(self.fingerprint)
         self._sharing = not any(g.kind == "state" for g in self.groups)
@@ -244,20 +256,33 @@ class BlockPool:
         B, w = self.block_tokens, self.groups[g].window
         return (max(0, n - w) // B if w else 0), -(-n // B)
 
-    def _snapshot(self, seq_id):
-        "Everything an `extend` of `seq_id` can change, to put back if what follows it fails."
-        return (seq_id, self._seqs[seq_id].copy(), [list(f) for f in self._free], [list(r) for r in self._ref],
-                [dict(h) for h in self._hash_of], [dict(c) for c in self._cached], [list(l) for l in self._lru])
+    def _unlist(self, g, b):
+        "Take an unreferenced block off the free list or the LRU (searching the free stack from its top)."
+        free = self._free[g]
+        if b in self._lru[g]: del self._lru[g][b]; return
+        for k in range(len(free) - 1, -1, -1):
+            if free[k] == b: del free[k]; return
 
-    def _restore(self, snap):
-        "Put back a `_snapshot`, in place (`_books` holds the very lists and dicts)."
-        seq_id, s, free, ref, hash_of, cached, lru = snap
-        self._seqs[seq_id] = s
-        for g in range(len(self.groups)):
-            self._free[g][:] = free[g]; self._ref[g][:] = ref[g]
-            self._hash_of[g].clear(); self._hash_of[g].update(hash_of[g])
-            self._cached[g].clear(); self._cached[g].update(cached[g])
-            self._lru[g].clear(); self._lru[g].update(dict.fromkeys(lru[g]))
+    def _rollback(self, undo):
+        "Undo one `extend` from the log it wrote: blocks it took go to the free list, unregistered, even those it evicted from the cache."
+        if not undo: return                  # the extend added no tokens
+        seq_id, n, hashes, n_hashes, tail, steps, registered = undo
+        s = self._seqs[seq_id]
+        for g, b in registered: del self._cached[g][self._hash_of[g].pop(b)]
+        for g, base, drop, cow, fresh in reversed(steps):
+            table, ref, hash_of = s.tables[g], self._ref[g], self._hash_of[g]
+            taken = table[len(table) - fresh:] if fresh else []
+            del table[len(table) - len(taken):]
+            if cow is not None: taken.insert(0, table[-1]); table[-1] = cow; ref[cow] += 1   # cow: the shared block it replaced
+            for b in reversed(taken):        # their data may be the failed write's: never offered for sharing again
+                if b in hash_of: del self._cached[g][hash_of.pop(b)]
+                ref[b] = 0; self._free[g].append(b)
+            for b in reversed(drop):
+                if ref[b] == 0: self._unlist(g, b)
+                ref[b] += 1
+            table[:0] = drop; s.base[g] = base
+        if hashes is not None: del hashes[n_hashes:]
+        s.num_tokens, s.hashes, s.tail = n, hashes, tail
 
     def _check(self, need):
         for g, (asked, avail) in enumerate(need):
@@ -344,6 +369,7 @@ BlockPool._match, BlockPool._admit_fresh, BlockPool._admit_planned, BlockPool.ad
 # %% ../nbs/05_pool.ipynb #88f2cefb
 def extend(self: BlockPool, seq_id, tokens,
            register: bool = True,   # offer newly completed blocks for sharing now (False: the caller `share`s them once written)
+           undo: list | None = None, # receives what `_rollback` needs to undo this extend
           ) -> None:
     "Grow a sequence by `tokens` (ids, or a count): new blocks, recycled window blocks, copy-on-write of a shared tail."
     with self._lock:
@@ -364,6 +390,9 @@ def extend(self: BlockPool, seq_id, tokens,
             avail = len(free) + len(lru) + (sum(ref[b] == 1 for b in drop) if drop else 0)
             if fresh + cow > avail: raise PoolExhausted(name, fresh + cow, avail)
             plans.append((g, lo, drop, cow, fresh))
+        if undo is not None:
+            undo[:] = [seq_id, old, s.hashes, len(s.hashes or ()), None if s.tail is None else list(s.tail),
+                       [(g, s.base[g], list(drop), s.tables[g][-1] if cow else None, fresh) for g, lo, drop, cow, fresh in plans], []]
         for g, lo, drop, cow, fresh in plans:
             table = s.tables[g]
             if drop:
@@ -381,8 +410,11 @@ def extend(self: BlockPool, seq_id, tokens,
             first = len(s.hashes)
             s.hashes += new; s.tail = s.tail[len(new) * B:]
             for g, *_ in (plans if register else ()):
+                cached = self._cached[g]
                 for j in range(max(first, s.base[g]), first + len(new)):
-                    self._register(g, s.tables[g][j - s.base[g]], s.hashes[j])
+                    if s.hashes[j] in cached: continue
+                    self._register(g, b := s.tables[g][j - s.base[g]], s.hashes[j])
+                    if undo is not None: undo[-1].append((g, b))
         else: s.hashes = s.tail = None   # tokens unknown from here on: this sequence shares nothing more
         s.num_tokens = n
 
@@ -393,6 +425,11 @@ def share(self: BlockPool, seq_id,
     "Offer for prefix sharing the complete blocks of `seq_id` that were completed after `since_tokens` and hold data in every slot."
     with self._lock:
         s = self._seq(seq_id)
+        since_tokens = _count("since_tokens", since_tokens)
+        try: data_from = [_count("data_from", v) for v in data_from]
+        except TypeError: raise PoolError(f"data_from must be a count per block group, got {data_from!r:.40}") from None
+        if len(data_from) != len(self.groups):
+            raise PoolError(f"data_from must give {len(self.groups)} counts, one per block group, got {len(data_from)}")
         if not self._sharing or not s.hashes: return
         B = self.block_tokens
         for g in range(len(self.groups)):

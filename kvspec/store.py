@@ -143,8 +143,9 @@ def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
     "Extend a sequence by `tokens` (ids or count) and copy what mlx-lm's caches added into its blocks: all or nothing."
     pool, B = self.pool, self.pool.block_tokens
     with pool._lock:
-        n_old = pool.table(seq_id)[0]
-        n = n_old + _token_arg(tokens)[1]
+        n_old, old_tables = pool.table(seq_id)
+        ids, k = _token_arg(tokens)                      # read once: `tokens` may be an iterator
+        tokens, n = (k if ids is None else ids), n_old + k
         if not isinstance(caches, (list, tuple)) or len(caches) != len(self.leaves):
             raise PoolError(f"expected {len(self.leaves)} caches in make_prompt_cache order, got {len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__}")
         for i, g in self.group_of.items():
@@ -166,10 +167,18 @@ def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
                 data_from[g] = max(data_from[g], pos0)   # slots before pos0 are zeros: blocks holding them are not shared
             writes.append((i, g, first - lo, segs))
         mx.eval([a for *_, arrs in writes for a in arrs if a is not None])
-        snap = pool._snapshot(seq_id)
+        undo, saved = [], []                             # saved: (cache, array, block ids, what they held before)
         try:
-            pool.extend(seq_id, tokens, register=False)  # raises PoolExhausted with nothing changed
+            pool.extend(seq_id, tokens, register=False, undo=undo)   # raises PoolExhausted with nothing changed
             tables = pool.table(seq_id)[1]
+            for i, g, off, arrs in writes:               # first keep what the sequence's own blocks held: its state slot,
+                held = set(old_tables[g][1])             # a partial last block, window blocks dropped and taken again
+                ids = tables[g][1] if off is None else tables[g][1][off:]
+                if (mine := [b for b in ids if b in held]):
+                    idx = mx.array(mine, dtype=mx.int32)
+                    for j, a in enumerate(arrs):
+                        if a is not None: saved.append((i, j, idx, self.arrays[i][j][idx]))
+            mx.eval([x for *_, x in saved])
             for i, g, off, arrs in writes:
                 ids = tables[g][1]
                 if off is None:
@@ -179,9 +188,12 @@ def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
                 idx = mx.array(ids[off:], dtype=mx.int32)
                 for j, a in enumerate(arrs): self.arrays[i][j][idx] = a
             mx.eval([a for arrs in self.arrays.values() for a in arrs])
-            pool.share(seq_id, n_old, data_from)
         except BaseException:
-            pool._restore(snap); raise
+            for i, j, idx, x in saved:
+                if isinstance(self.arrays[i][j], mx.array): self.arrays[i][j][idx] = x
+            mx.eval([a for arrs in self.arrays.values() for a in arrs if isinstance(a, mx.array)])
+            pool._rollback(undo); raise
+        pool.share(seq_id, n_old, data_from)             # the sequence is whole here: sharing is only an offer
 
 PoolStore.write_back = write_back
 
@@ -304,7 +316,7 @@ def load(self: PoolStore, directory: str | Path, seq_id, tokens=None) -> int:
     held = {i: [arrays[f"{i}.{j}"] for j in range(len(self.arrays[i]))] for i in self.group_of}
     caches = self.to_caches(n, held)
     with self.pool._lock:
-        self.pool.admit(seq_id, 0)
+        self.pool.admit(seq_id, 0 if tokens is None else [])   # [] starts the hash chain the token ids extend
         try: self.write_back(seq_id, caches, n if tokens is None else toks)
         except BaseException: self.pool.free(seq_id); raise
     return n
