@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import operator
 import os
 import re
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PRESET_DIR', 'CACHE_DTYPES', 'KVSpecError', 'ConfigError', 'ConfigNotFound', 'UnknownModelType', 'UnsupportedCache',
-           'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure', 'load_config', 'text_config',
-           'config_dtype', 'model_classes', 'check_sizes', 'model_args']
+           'check_int', 'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure', 'load_config',
+           'text_config', 'config_dtype', 'model_classes', 'check_sizes', 'model_args']
 
 # %% ../nbs/00_config.ipynb #5e626a7f
 class KVSpecError(Exception):
@@ -33,6 +34,27 @@ class UnknownModelType(ConfigError):
 
 class UnsupportedCache(KVSpecError):
     "A cache that mlx-lm cannot build or that kvspec cannot size exactly."
+
+# %% ../nbs/00_config.ipynb #c7a1e002
+def check_int(value, # the value to check
+              name: str, # what it is, for the message ("batch", "num_hidden_layers")
+              *, minimum: int = 1, # smallest allowed value
+              maximum: int | None = None, # largest allowed value, if any
+              error: type = ConfigError, # the KVSpecError subclass to raise
+              where: str = "", # the file or object it came from, prefixed to the message
+             ) -> int:
+    "`value` as a plain `int` if it is an integer within [minimum, maximum], else `error` naming `name`."
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise error(f"{prefix}{name} must be an integer, got {value!r:.60}")
+    v = operator.index(value)
+    if v < minimum:
+        raise error(f"{prefix}{name} must be {'positive' if minimum == 1 else f'at least {minimum:,}'}, got {v!r:.60}")
+    if maximum is not None and v > maximum:
+        raise error(f"{prefix}{name}={v:.3g} is beyond any real model: at most {maximum:,}" if v > 10**15 else
+                    f"{prefix}{name}={v:,} is beyond any real model: at most {maximum:,}")
+    return v
+
 
 # %% ../nbs/00_config.ipynb #e1e8fa11
 # Found through the installed package, so it works from the notebook and from the exported module alike.
