@@ -14,15 +14,15 @@ import sys
 from typing import Callable
 
 from . import __version__
-from .config import CACHE_DTYPES, KVSpecError, check_int, preset_names
+from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_names, text_config
 from .plan import format_bytes, plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'subcommand', 'cache_rows', 'inspect_report',
-           'inspect_command', 'add_inspect_parser', 'plan_command', 'add_plan_parser', 'presets_command',
-           'add_presets_parser', 'join_dash_values', 'build_parser', 'main']
+__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'subcommand', 'cache_rows', 'cache_facts',
+           'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command', 'add_plan_parser',
+           'presets_command', 'add_presets_parser', 'join_dash_values', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -75,9 +75,27 @@ def cache_rows(spec: ModelCacheSpec) -> list[dict]:
             rows.append(row)
     return rows
 
+# %% ../nbs/09_cli.ipynb #5e2e0864
+def cache_facts(spec: ModelCacheSpec,
+                config: dict | None = None, # the model's config, to recognise multi-head latent attention
+               ) -> dict:
+    "KV dtype(s), bits and group size, state dtype(s), windows per kind, and MLA widths, as the spec's caches hold them."
+    leaves = spec.leaves()
+    kv = [l for l in leaves if l.k_head_dim is not None]
+    sort = lambda xs: sorted({x for x in xs if x is not None})
+    windows = {kind: sort(l.window for l in leaves if l.kind == kind) for kind in ("sliding", "chunked")}
+    tc = text_config(config) if config else {}
+    latent, rope = tc.get("kv_lora_rank"), tc.get("qk_rope_head_dim")
+    mla = ({"latent": latent, "rope": rope} if latent and kv and all(l.n_kv_heads == 1 and l.k_head_dim == latent
+            and l.v_head_dim == rope for l in kv) else None)
+    return {"kv_dtypes": sort(l.dtype for l in kv), "kv_bits": sort(l.bits for l in kv), "kv_group_size": sort(l.group_size for l in kv),
+            "state_dtypes": sort(d for l in leaves for d in l.state_dtypes),
+            "windows": {k: v for k, v in windows.items() if v}, "mla": mla}
+
 # %% ../nbs/09_cli.ipynb #a6a5a146
 def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_step_size: int = 2048,
                    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
+                   config: dict | None = None, # the model's config (for `cache_facts`)
                   ) -> dict:
     "What `kvspec inspect` reports, as plain data."
     context, batch, prefill_step_size = (check_int(v, n) for v, n in
@@ -96,20 +114,42 @@ def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_s
         "tiers": [{"tier": v.tier, "pattern": v.pattern, "evidence": v.evidence} for v in spec.detection.verdicts] if spec.detection else [],
         "disagreements": {t: len(d) for t, d in spec.detection.disagreements().items()} if spec.detection else {},
         "num_kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "v_head_dim": spec.v_head_dim,
-        "sliding_window": spec.sliding_window,
+        "sliding_window": spec.sliding_window, **cache_facts(spec, config),
         "per_kind": per_kind, "context": context, "batch": batch, "prefill_step_size": prefill_step_size,
         "quantized_kv_start": quantized_kv_start,
         "total_bytes": final, "peak_bytes": peak, "notes": list(spec.notes),
         "caches": cache_rows(spec),
     }
 
+# %% ../nbs/09_cli.ipynb #15b47538
+def _listed(values, one: str, many: str) -> str: return f"{one if len(values) == 1 else many} {', '.join(f'{v:,}' for v in values)}"
+
+def header_lines(r: dict, # an `inspect_report`
+                ) -> list[str]:
+    "The first lines `kvspec inspect` prints: what is cached, in which dtype and bits, with which windows and chunks."
+    kv = "/".join(r["kv_dtypes"]) or "none"
+    if r["kv_bits"]:
+        q = f"{'/'.join(map(str, r['kv_bits']))}-bit (group {'/'.join(map(str, r['kv_group_size']))}, {kv} scales and biases)"
+        kv = (f"{kv} for the first {r['quantized_kv_start']:,} tokens, then {q}" if r["quantized_kv_start"] else q)
+    state = f", recurrent state {'/'.join(r['state_dtypes'])}" if r["state_dtypes"] else ""
+    lines = [f"{r['model_type']} ({r['source']}): {r['num_caches']} caches for {r['num_layers']} layers; KV cache {kv}{state}",
+             f"pattern   {r['pattern']}   (F full, S sliding, C chunked, R recurrent state, M composite; "
+             f"decided by the {r['deciding_tier']} tier)"]
+    w = r["windows"]
+    spans = ([_listed(w["sliding"], "sliding window", "sliding windows")] if "sliding" in w else []) + \
+            ([_listed(w["chunked"], "attention chunk", "attention chunks")] if "chunked" in w else [])
+    span = ", ".join(spans) or "no sliding window or chunk"
+    if r["mla"]:
+        lines.append(f"kv heads {r['num_kv_heads']}, head_dim {r['head_dim']} (v {r['v_head_dim']}): multi-head latent attention, "
+                     f"the cache holds the compressed latent (kv_lora_rank {r['mla']['latent']}) as K and the rope key "
+                     f"(qk_rope_head_dim {r['mla']['rope']}) as V, one head shared by all; {span}")
+    else: lines.append(f"kv heads {r['num_kv_heads']}, head_dim {r['head_dim']} (v {r['v_head_dim']}), {span}")
+    return lines + [f"note: {n}" for n in r["notes"]]
+
 # %% ../nbs/09_cli.ipynb #000d5474
 def _print_inspect(r: dict, spec: ModelCacheSpec, out):
     p = lambda *a: print(*a, file=out)
-    p(f"{r['model_type']} ({r['source']}), {r['dtype']}: {r['num_caches']} caches for {r['num_layers']} layers")
-    p(f"pattern   {r['pattern']}   (F full, S sliding, C chunked, R recurrent state, M composite; decided by the {r['deciding_tier']} tier)")
-    p(f"kv heads {r['num_kv_heads']}, head_dim {r['head_dim']} (v {r['v_head_dim']}), sliding window {r['sliding_window']}")
-    for n in r["notes"]: p(f"note: {n}")
+    for line in header_lines(r): p(line)
     p("\ntiers:")
     for line in spec.detection.summary(): p("  " + line)
     p("\nper cache:")
@@ -128,7 +168,7 @@ def _print_inspect(r: dict, spec: ModelCacheSpec, out):
 def inspect_command(args) -> int:
     "`kvspec inspect`: print a model's per-cache spec and its bytes at `--context` (or one JSON object)."
     spec = ModelCacheSpec.from_pretrained(args.model, dtype=args.dtype, kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
-    report = inspect_report(spec, args.context, args.batch, args.prefill_step, args.quantized_kv_start)
+    report = inspect_report(spec, args.context, args.batch, args.prefill_step, args.quantized_kv_start, load_config(args.model)[0])
     if args.json: print(json.dumps(report, indent=1))
     else: _print_inspect(report, spec, sys.stdout)
     return 0
