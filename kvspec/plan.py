@@ -11,13 +11,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from fastcore.basics import patch
+
 from .config import ConfigError, KVSpecError, UnsupportedCache, check_int, load_config, text_config
-from .spec import DEFAULT_QUANTIZED_KV_START, CacheSpec, ModelCacheSpec, generate_chunks
+from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, CacheSpec, ModelCacheSpec, generate_chunks, kv_slot_bytes
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes',
-           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'plan']
+__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
+           'sequence_nbytes', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context',
+           'Plan', 'below_note', 'plan']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -56,6 +59,12 @@ def format_bytes(n: int | float) -> str:
         if abs(n) < 1024 or unit == "TiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
 
+def format_budget(n: int) -> str:
+    "A budget in binary and decimal units, e.g. `16.00 GiB (17.18 GB)`: '16G' and '16GB' differ by 7%, so both are shown."
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size: return f"{format_bytes(n)} ({n / size:.2f} {unit})"
+    return format_bytes(n)
+
 # %% ../nbs/08_plan.ipynb #009a07bc
 def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
 
@@ -85,13 +94,19 @@ def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
     sizes = [(l.slot_bytes or attn) * context or l.state_nbytes for l in spec.leaves()]
     return sum(sizes) if sizes and all(sizes) else None
 
-def seed_formula_nbytes(config: dict, context: int) -> int | None:
-    "The EXP-001 notes' estimate: layers × kv heads × (hidden // heads) × 2 (K+V) × 2 bytes × context; None without the numbers."
+def seed_formula_nbytes(config: dict, # a config.json, as a dict
+                        context: int, # tokens
+                        kv_bits: int | None = None, # quantized KV: packed bits plus a scale and bias per group
+                        dtype: str = "bfloat16", # the cached dtype (what `bytes` is in the formula)
+                        kv_group_size: int = 64, # mlx-lm's quantization group
+                       ) -> int | None:
+    "The 2·layers·kv_heads·head_dim·bytes formula × context, head_dim = hidden // heads; None without the numbers."
     tc = text_config(config)
     try: layers, kv_heads, hidden, heads = (check_int(tc.get(k), k) for k in
                                             ("num_hidden_layers", "num_key_value_heads", "hidden_size", "num_attention_heads"))
     except ConfigError: return None
-    return layers * kv_heads * (hidden // heads) * 2 * 2 * context or None
+    hd = hidden // heads
+    return layers * kv_slot_bytes(kv_heads, hd, hd, dtype, kv_bits, kv_group_size) * context or None
 
 # %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
@@ -165,7 +180,7 @@ class Plan:
     max_context_tokens: int             # longest context for `sequences` sequences (at the peak)
     max_context_limit_tokens: int = MAX_CONTEXT_TOKENS  # where that search stopped: max_context_tokens == it is a lower bound
     naive_full_bytes: int | None        # every cache as full attention, true dims (None: no dims to count with)
-    seed_formula_bytes: int | None = None  # the EXP-001 notes' formula, if the config was available
+    seed_formula_bytes: int | None = None  # the 2·layers·kv_heads·head_dim·bytes formula, if the config was available
     notes: tuple[str, ...] = ()
 
     @property
@@ -173,7 +188,7 @@ class Plan:
         return None if self.naive_full_bytes is None else self.budget_bytes // self.naive_full_bytes * self.batch
     @property
     def seed_formula_sequences(self) -> int | None:
-        return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes
+        return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes * self.batch
 
 # %% ../nbs/08_plan.ipynb #442f5ea4
 def _spec_for(model, dtype, kv_bits, max_kv_size) -> tuple[ModelCacheSpec, str, dict | None]:
@@ -202,6 +217,23 @@ def _notes(spec: ModelCacheSpec, kv_bits, qstart: int, sequences: int, longest: 
                f"so the true longest context is at least {limit:,} tokens; {why}",) if longest >= limit else ())
     return spec.notes + capped + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
 
+# %% ../nbs/08_plan.ipynb #233d30e4
+def below_note(spec: ModelCacheSpec, context: int, naive: int | None, peak: int, kv_bits: int | None = None,
+               qstart: int = DEFAULT_QUANTIZED_KV_START) -> tuple[str, ...]:
+    "Why the all-layers-full figure is below kvspec's prefill peak, when it is (a one-sentence note), else ()."
+    if naive is None or naive >= peak: return ()
+    why = []
+    if kv_bits is not None and qstart:
+        why.append(f"the naive figure counts every token at {kv_bits} bits, while mlx_lm.generate keeps the cache "
+                   f"{spec.dtype} until it holds {qstart:,} tokens")
+    slots = -(-context // KV_STEP) * KV_STEP
+    if slots > context and any(l.kind in ("full", "sliding", "chunked") for l in spec.leaves()):
+        why.append(f"mlx-lm's KV caches grow in steps of {KV_STEP} tokens, so {context:,} tokens occupy {slots:,} slots "
+                   "where the naive figure counts exactly the tokens")
+    why = why or ["mlx-lm allocates cache slots ahead of the tokens they hold during prefill"]
+    return (f"the all-layers-full-attention figure ({format_bytes(naive)}) is below kvspec's prefill peak "
+            f"({format_bytes(peak)}): " + "; and ".join(why),)
+
 # %% ../nbs/08_plan.ipynb #21f32247
 def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.json, model directory or hub id
          budget: int | str,                  # bytes, or text such as "16GiB" (G, GiB: 2**30; GB: 10**9)
@@ -223,7 +255,9 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
     steady, peak = sequence_nbytes(spec, context, prefill_step, qstart, batch)
     limit = context_limit(spec)
     longest = max_context(spec, budget, sequences, prefill_step, limit, qstart, batch)
-    naive, seed = naive_full_nbytes(spec, context), None if cfg is None else seed_formula_nbytes(cfg, context)
+    kv_dtype = next((l.dtype for l in spec.leaves() if l.k_head_dim and l.dtype), "bfloat16")
+    naive = naive_full_nbytes(spec, context)
+    seed = None if cfg is None else seed_formula_nbytes(cfg, context, kv_bits, kv_dtype)
     return Plan(model=name, dtype=spec.dtype, pattern=spec.pattern, budget_bytes=budget, context_tokens=context,
                 sequences=sequences, kv_bits=kv_bits, batch=batch, max_kv_size=max_kv_size, quantized_kv_start=qstart,
                 prefill_step=prefill_step, steady_bytes=steady, peak_bytes=peak,
@@ -231,36 +265,45 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
                 max_context_tokens=longest, max_context_limit_tokens=limit,
                 naive_full_bytes=None if naive is None else naive * batch,
                 seed_formula_bytes=None if seed is None else seed * batch,
-                notes=_notes(spec, kv_bits, qstart, sequences, longest, limit))
+                notes=_notes(spec, kv_bits, qstart, sequences, longest, limit) +
+                      below_note(spec, context, naive, peak // batch, kv_bits, qstart))
 
 # %% ../nbs/08_plan.ipynb #d389893e
-def _to_frame(self: Plan):
-    "One row per estimate: bytes per sequence and how many sequences fit."
+@patch
+def to_frame(self: Plan):
+    "One row per estimate: bytes per sequence (per batch, with `batch` > 1) and how many sequences fit."
     import pandas as pd
     rows = [("kvspec, prefill peak", self.peak_bytes), ("kvspec, steady", self.steady_bytes),
-            ("naive: all layers full, true dims", self.naive_full_bytes), ("naive: EXP-001 seed formula", self.seed_formula_bytes)]
-    return pd.DataFrame([{"estimate": e, "bytes_per_sequence": b, "per_sequence": format_bytes(b),
-                          "sequences": self.budget_bytes // b} for e, b in rows if b is not None]).set_index("estimate")
+            ("all layers full attention", self.naive_full_bytes), ("2·layers·kv_heads·head_dim·bytes formula", self.seed_formula_bytes)]
+    return pd.DataFrame([{"estimate": e, "bytes_per_sequence" if self.batch == 1 else "bytes_per_batch": b,
+                          "per_sequence" if self.batch == 1 else "per_batch": format_bytes(b),
+                          "sequences": self.budget_bytes // b * self.batch} for e, b in rows if b is not None]).set_index("estimate")
 
-def _repr(self: Plan) -> str:
-    kv = (f"{self.kv_bits}-bit KV" + (f" from token {self.quantized_kv_start:,}" if self.quantized_kv_start else "")
-          if self.kv_bits else f"{self.dtype} KV")
-    seed = (f"; EXP-001 seed formula {format_bytes(self.seed_formula_bytes)} → {self.seed_formula_sequences}"
-            if self.seed_formula_bytes is not None else "")
-    naive = ("n/a (no cache has attention dims)" if self.naive_full_bytes is None else
-             f"{format_bytes(self.naive_full_bytes)} → {self.naive_full_sequences}")
-    lines = [f"Plan for {self.model} ({self.pattern}, {kv}): budget {format_bytes(self.budget_bytes)}, "
-             f"context {self.context_tokens:,} tokens, prefill step {self.prefill_step}",
-             f"  per sequence: {format_bytes(self.steady_bytes)} steady, {format_bytes(self.peak_bytes)} prefill peak",
-             f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
-             f"  naive: all layers full {naive}{seed}",
-             f"  longest context for {self.sequences} sequence{'s' if self.sequences > 1 else ''}: "
-             f"{self.max_context_tokens:,} tokens" + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else "")]
-    return "\n".join(lines + [f"  note: {n}" for n in self.notes])
-
-def _to_dict(self: Plan) -> dict:
+@patch
+def to_dict(self: Plan) -> dict:
     "The plan as plain data, derived counts included."
     return {**dataclasses.asdict(self), "naive_full_sequences": self.naive_full_sequences,
             "seed_formula_sequences": self.seed_formula_sequences, "notes": list(self.notes)}
 
-Plan.to_frame, Plan.__repr__, Plan.to_dict = _to_frame, _repr, _to_dict
+# %% ../nbs/08_plan.ipynb #f582e11d
+@patch
+def __repr__(self: Plan) -> str:
+    "A few lines of text: the budget in both units, bytes per sequence, how many fit, the naive figures, the longest context."
+    kv = (f"{self.kv_bits}-bit KV" + (f" from token {self.quantized_kv_start:,}" if self.quantized_kv_start else "")
+          if self.kv_bits else f"{self.dtype} KV")
+    per = "sequence" if self.batch == 1 else f"batch of {self.batch} sequences"
+    fig = lambda b, n: "n/a (no cache has attention dims)" if b is None else f"{format_bytes(b)} per {per} → {n} sequence{'' if n == 1 else 's'}"
+    lines = [f"Plan for {self.model} ({self.pattern}, {kv}): budget {format_budget(self.budget_bytes)}, "
+             f"context {self.context_tokens:,} tokens, prefill step {self.prefill_step}"
+             + (f", max_kv_size {self.max_kv_size:,}" if self.max_kv_size else ""),
+             f"  per {per}: {format_bytes(self.steady_bytes)} steady, {format_bytes(self.peak_bytes)} prefill peak",
+             f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
+             f"  all layers full attention: {fig(self.naive_full_bytes, self.naive_full_sequences)}"]
+    if self.seed_formula_bytes is not None:
+        lines.append(f"  2·layers·kv_heads·head_dim·bytes formula: {fig(self.seed_formula_bytes, self.seed_formula_sequences)}")
+    batches = -(-self.sequences // self.batch)
+    whom = (f"{self.sequences} sequence{'s' if self.sequences > 1 else ''}" if self.batch == 1 else
+            f"{batches} batch{'es' if batches > 1 else ''} of {self.batch} sequences")
+    lines.append(f"  longest context for {whom}: {self.max_context_tokens:,} tokens"
+                 + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else ""))
+    return "\n".join(lines + [f"  note: {n}" for n in self.notes])
