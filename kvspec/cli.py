@@ -229,6 +229,7 @@ def join_dash_values(argv: list[str]) -> list[str]:
         else: out.append(a); i += 1
     return out
 
+# %% ../nbs/09_cli.ipynb #24e03574
 def build_parser() -> argparse.ArgumentParser:
     "The `kvspec` parser: `--version` and every registered subcommand."
     parser = argparse.ArgumentParser(prog="kvspec", description="Exact KV-cache specs of mlx-lm models, without weights.")
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS.values(): add(sub)
     return parser
 
+# %% ../nbs/09_cli.ipynb #db4c549d
 def _quiet_stdout():
     try: fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError): return  # not a real file (a notebook's capture)
