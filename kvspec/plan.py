@@ -5,23 +5,22 @@
 # %% ../nbs/08_plan.ipynb #e1c74406
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from .config import ConfigError, KVSpecError, UnsupportedCache, config_dtype, load_config, text_config
-from .spec import DEFAULT_QUANTIZED_KV_START, DTYPE_BYTES, CacheSpec, ModelCacheSpec, generate_chunks
+from fastcore.basics import patch
+
+from .config import ConfigError, KVSpecError, UnsupportedCache, check_int, load_config, text_config
+from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, CacheSpec, ModelCacheSpec, generate_chunks, kv_slot_bytes
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'sequence_nbytes',
-           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'plan',
-           'plot_capacity', 'add_plan_parser', 'run_plan', 'plan_command']
+__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
+           'sequence_nbytes', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context',
+           'Plan', 'below_note', 'plan']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -60,6 +59,12 @@ def format_bytes(n: int | float) -> str:
         if abs(n) < 1024 or unit == "TiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
 
+def format_budget(n: int) -> str:
+    "A budget in binary and decimal units, e.g. `16.00 GiB (17.18 GB)`: '16G' and '16GB' differ by 7%, so both are shown."
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size: return f"{format_bytes(n)} ({n / size:.2f} {unit})"
+    return format_bytes(n)
+
 # %% ../nbs/08_plan.ipynb #009a07bc
 def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
 
@@ -73,12 +78,13 @@ def _geometries(spec: ModelCacheSpec) -> list[tuple[CacheSpec, int]]:
 
 def sequence_nbytes(spec: ModelCacheSpec, context: int, prefill_step: int = 2048,
                     quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # quantized caches stay plain until they hold this many tokens
+                    batch: int = 1, # sequences in one batched cache
                    ) -> tuple[int, int]:
-    "(steady, peak) cache bytes of one sequence holding `context` tokens, fed as `mlx_lm.generate` feeds it."
+    "(steady, peak) cache bytes of `batch` sequences holding `context` tokens, fed as `mlx_lm.generate` feeds them."
     chunks = generate_chunks(context, 0, prefill_step)
     totals = [0] * len(chunks)
     for cache, count in _geometries(spec):
-        for i, b in enumerate(cache.nbytes_after(chunks, 1, quantized_kv_start)): totals[i] += count * b
+        for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
     return totals[-1], max(totals)
 
 # %% ../nbs/08_plan.ipynb #c3cb2bc3
@@ -88,15 +94,19 @@ def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
     sizes = [(l.slot_bytes or attn) * context or l.state_nbytes for l in spec.leaves()]
     return sum(sizes) if sizes and all(sizes) else None
 
-def _positive_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-def seed_formula_nbytes(config: dict, context: int) -> int | None:
-    "The EXP-001 notes' estimate: layers × kv heads × (hidden // heads) × 2 (K+V) × 2 bytes × context; None without the numbers."
+def seed_formula_nbytes(config: dict, # a config.json, as a dict
+                        context: int, # tokens
+                        kv_bits: int | None = None, # quantized KV: packed bits plus a scale and bias per group
+                        dtype: str = "bfloat16", # the cached dtype (what `bytes` is in the formula)
+                        kv_group_size: int = 64, # mlx-lm's quantization group
+                       ) -> int | None:
+    "The 2·layers·kv_heads·head_dim·bytes formula × context, head_dim = hidden // heads; None without the numbers."
     tc = text_config(config)
-    n = [tc.get(k) for k in ("num_hidden_layers", "num_key_value_heads", "hidden_size", "num_attention_heads")]
-    if not all(map(_positive_int, n)): return None
-    layers, kv_heads, hidden, heads = n
-    return layers * kv_heads * (hidden // heads) * 2 * 2 * context or None
+    try: layers, kv_heads, hidden, heads = (check_int(tc.get(k), k) for k in
+                                            ("num_hidden_layers", "num_key_value_heads", "hidden_size", "num_attention_heads"))
+    except ConfigError: return None
+    hd = hidden // heads
+    return layers * kv_slot_bytes(kv_heads, hd, hd, dtype, kv_bits, kv_group_size) * context or None
 
 # %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
@@ -106,32 +116,37 @@ def context_limit(spec: ModelCacheSpec) -> int:
     "Context (tokens) at which the longest-context search stops for `spec`."
     return REPLAY_CONTEXT_TOKENS if any(map(_replayed, spec.caches)) else MAX_CONTEXT_TOKENS
 
-def _check_count(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, str) and v.strip().isdecimal(): v = int(v)  # not isdigit: '²' is a digit that int() refuses
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise InvalidBudget(f"{name} must be a {'positive' if minimum else 'non-negative'} integer, got {v!r}")
-    return v
+def _count(v, name: str, minimum: int = 1) -> int:
+    "`check_int`, after reading ASCII decimal text as a number (not isdigit: '²' is a digit that int() refuses)."
+    if isinstance(v, str) and v.strip().isascii() and v.strip().isdecimal(): v = int(v)
+    return check_int(v, name, minimum=minimum, error=InvalidBudget)
 
+# %% ../nbs/08_plan.ipynb #9f1d32b6
 def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step: int = 2048,
              at_peak: bool = True, # budget for the prefill peak (else the steady state)
              quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
+             batch: int = 1, # sequences are cached `batch` at a time, in one batched cache
             ) -> int:
     "How many sequences of `context` tokens fit in `budget` bytes of KV cache."
-    budget, context = parse_bytes(budget), _check_count("context", context)
-    steady, peak = sequence_nbytes(spec, context, _check_count("prefill_step", prefill_step),
-                                   _check_count("quantized_kv_start", quantized_kv_start, 0))
+    budget, context, batch = parse_bytes(budget), _count(context, "context"), _count(batch, "batch")
+    steady, peak = sequence_nbytes(spec, context, _count(prefill_step, "prefill_step"),
+                                   _count(quantized_kv_start, "quantized_kv_start", 0), batch)
     per = peak if at_peak else steady
-    return budget // per if per else 0
+    return budget // per * batch if per else 0
 
+# %% ../nbs/08_plan.ipynb #5e201bfa
 def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, prefill_step: int = 2048,
                 limit: int | None = None, # the search stops here (default: context_limit(spec)); a result equal to it is a lower bound
                 quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first
+                batch: int = 1, # sequences are cached `batch` at a time, in one batched cache
                ) -> int:
     "Longest context (tokens) that `sequences` sequences can each hold within `budget`, counting the prefill peak."
-    budget, sequences = parse_bytes(budget), _check_count("sequences", sequences)
-    quantized_kv_start = _check_count("quantized_kv_start", quantized_kv_start, 0)
-    limit = context_limit(spec) if limit is None else _check_count("limit", limit)
-    fits = lambda c: sequences * sequence_nbytes(spec, c, prefill_step, quantized_kv_start)[1] <= budget
+    budget, sequences = parse_bytes(budget), _count(sequences, "sequences")
+    quantized_kv_start = _count(quantized_kv_start, "quantized_kv_start", 0)
+    limit = context_limit(spec) if limit is None else _count(limit, "limit")
+    batch = _count(batch, "batch")
+    batches = -(-sequences // batch)  # sequences are cached in this many batches
+    fits = lambda c: batches * sequence_nbytes(spec, c, prefill_step, quantized_kv_start, batch)[1] <= budget
     if not fits(1): return 0
     lo, hi = 1, 2
     while hi < limit and fits(hi): lo, hi = hi, hi * 2
@@ -154,153 +169,141 @@ class Plan:
     context_tokens: int
     sequences: int                      # sequences asked about for max_context_tokens
     kv_bits: int | None
+    batch: int = 1                      # sequences per batched cache: the *_bytes figures are for one such batch
+    max_kv_size: int | None = None      # mlx-lm's max_kv_size, if given
     quantized_kv_start: int             # a quantized cache holds plain K/V until it has this many tokens
     prefill_step: int
-    steady_bytes: int                   # one sequence, context in, decoding
-    peak_bytes: int                     # one sequence, largest during prefill
+    steady_bytes: int                   # one batch, context in, decoding
+    peak_bytes: int                     # one batch, largest during prefill
     num_sequences: int                  # fit at the prefill peak
     num_sequences_steady: int           # fit at the steady state
     max_context_tokens: int             # longest context for `sequences` sequences (at the peak)
     max_context_limit_tokens: int = MAX_CONTEXT_TOKENS  # where that search stopped: max_context_tokens == it is a lower bound
     naive_full_bytes: int | None        # every cache as full attention, true dims (None: no dims to count with)
-    seed_formula_bytes: int | None = None  # the EXP-001 notes' formula, if the config was available
+    seed_formula_bytes: int | None = None  # the 2·layers·kv_heads·head_dim·bytes formula, if the config was available
     notes: tuple[str, ...] = ()
 
     @property
     def naive_full_sequences(self) -> int | None:
-        return None if self.naive_full_bytes is None else self.budget_bytes // self.naive_full_bytes
+        return None if self.naive_full_bytes is None else self.budget_bytes // self.naive_full_bytes * self.batch
     @property
     def seed_formula_sequences(self) -> int | None:
-        return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes
+        return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes * self.batch
 
 # %% ../nbs/08_plan.ipynb #442f5ea4
+def _spec_for(model, dtype, kv_bits, max_kv_size) -> tuple[ModelCacheSpec, str, dict | None]:
+    "(spec, name, config or None) for what `plan` was given."
+    if isinstance(model, ModelCacheSpec):
+        if kv_bits is not None or dtype is not None or max_kv_size is not None:
+            raise ConfigError("kv_bits, dtype and max_kv_size apply when building a spec: pass a model name or config, not a spec")
+        return model, model.source or model.model_type, None
+    cfg, origin = load_config(model)
+    name = origin.removeprefix("preset ").removeprefix("hub ")
+    try:
+        return ModelCacheSpec.from_config(cfg, dtype=dtype, kv_bits=kv_bits, max_kv_size=max_kv_size), name, cfg
+    except UnsupportedCache as e:
+        if kv_bits is None: raise
+        raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "
+                               "plan without kv_bits") from None
+
+def _notes(spec: ModelCacheSpec, kv_bits, qstart: int, sequences: int, longest: int, limit: int) -> tuple[str, ...]:
+    when = (f"stays {spec.dtype} until it holds quantized_kv_start={qstart} tokens, as mlx_lm.generate keeps it "
+            f"(quantized_kv_start=0 plans for a cache quantized from the first token)" if qstart else
+            f"is quantized from the first token (quantized_kv_start=0); mlx_lm.generate keeps it {spec.dtype} "
+            f"for its first {DEFAULT_QUANTIZED_KV_START} tokens unless told otherwise")
+    why = ("caches sized by a lazy replay of mlx-lm cost time and memory for every token replayed, so kvspec searches no further "
+           "(REPLAY_CONTEXT_TOKENS)" if limit == REPLAY_CONTEXT_TOKENS else "the search stops there (MAX_CONTEXT_TOKENS)")
+    capped = ((f"longest context: searched up to {limit:,} tokens only and {sequences} sequence(s) fit there, "
+               f"so the true longest context is at least {limit:,} tokens; {why}",) if longest >= limit else ())
+    return spec.notes + capped + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
+
+# %% ../nbs/08_plan.ipynb #233d30e4
+def below_note(spec: ModelCacheSpec, context: int, naive: int | None, peak: int, kv_bits: int | None = None,
+               qstart: int = DEFAULT_QUANTIZED_KV_START) -> tuple[str, ...]:
+    "Why the all-layers-full figure is below kvspec's prefill peak, when it is (a one-sentence note), else ()."
+    if naive is None or naive >= peak: return ()
+    why = []
+    if kv_bits is not None and qstart:
+        why.append(f"the naive figure counts every token at {kv_bits} bits, while mlx_lm.generate keeps the cache "
+                   f"{spec.dtype} until it holds {qstart:,} tokens")
+    slots = -(-context // KV_STEP) * KV_STEP
+    if slots > context and any(l.kind in ("full", "sliding", "chunked") for l in spec.leaves()):
+        why.append(f"mlx-lm's KV caches grow in steps of {KV_STEP} tokens, so {context:,} tokens occupy {slots:,} slots "
+                   "where the naive figure counts exactly the tokens")
+    why = why or ["mlx-lm allocates cache slots ahead of the tokens they hold during prefill"]
+    return (f"the all-layers-full-attention figure ({format_bytes(naive)}) is below kvspec's prefill peak "
+            f"({format_bytes(peak)}): " + "; and ".join(why),)
+
+# %% ../nbs/08_plan.ipynb #21f32247
 def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.json, model directory or hub id
-         budget: int | str,                  # bytes, or text such as "16GiB"
+         budget: int | str,                  # bytes, or text such as "16GiB" (G, GiB: 2**30; GB: 10**9)
          context: int,                       # tokens each sequence holds
          kv_bits: int | None = None,         # quantize KV as mlx_lm.generate(kv_bits=...) does
          prefill_step: int = 2048,           # mlx_lm.generate's prefill_step_size
          sequences: int = 1,                 # sequences to find the longest context for
          dtype: str | None = None,           # cache dtype; default: the config's
          quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # tokens a quantized cache holds plain first (0: from the start)
+         batch: int = 1,                     # sequences per batched cache (mlx-lm's batch dimension)
+         max_kv_size: int | None = None,     # mlx-lm's max_kv_size: full caches become RotatingKVCaches of this size
         ) -> Plan:
     "How many sequences of `context` tokens fit in `budget`, and how long a context `sequences` sequences can have."
     budget = parse_bytes(budget)
-    context, prefill_step, sequences = (_check_count(n, v) for n, v in
-                                        (("context", context), ("prefill_step", prefill_step), ("sequences", sequences)))
-    qstart = _check_count("quantized_kv_start", quantized_kv_start, 0)
-    cfg = None
-    if isinstance(model, ModelCacheSpec):
-        if kv_bits is not None or dtype is not None:
-            raise ConfigError("kv_bits and dtype apply when building a spec: pass a model name or config, not a spec")
-        spec, name = model, model.source or model.model_type
-    else:
-        cfg, origin = load_config(model)
-        name = origin.removeprefix("preset ").removeprefix("hub ")
-        try:
-            spec = ModelCacheSpec.from_config(cfg, dtype=dtype, kv_bits=kv_bits)
-        except UnsupportedCache as e:
-            if kv_bits is None: raise
-            raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "
-                                   "plan without kv_bits") from None
-    steady, peak = sequence_nbytes(spec, context, prefill_step, qstart)
-    when = (f"stays {spec.dtype} until it holds quantized_kv_start={qstart} tokens, as mlx_lm.generate keeps it "
-            f"(quantized_kv_start=0 plans for a cache quantized from the first token)" if qstart else
-            f"is quantized from the first token (quantized_kv_start=0); mlx_lm.generate keeps it {spec.dtype} "
-            f"for its first {DEFAULT_QUANTIZED_KV_START} tokens unless told otherwise")
+    context, prefill_step, sequences, batch = (_count(v, n) for v, n in ((context, "context"), (prefill_step, "prefill_step"),
+                                                                          (sequences, "sequences"), (batch, "batch")))
+    qstart = _count(quantized_kv_start, "quantized_kv_start", 0)
+    spec, name, cfg = _spec_for(model, dtype, kv_bits, max_kv_size)
+    steady, peak = sequence_nbytes(spec, context, prefill_step, qstart, batch)
     limit = context_limit(spec)
-    longest = max_context(spec, budget, sequences, prefill_step, limit, qstart)
-    why = ("caches sized by a lazy replay of mlx-lm cost time and memory for every token replayed, so kvspec searches no further "
-           "(REPLAY_CONTEXT_TOKENS)" if limit == REPLAY_CONTEXT_TOKENS else "the search stops there (MAX_CONTEXT_TOKENS)")
-    capped = ((f"longest context: searched up to {limit:,} tokens only and {sequences} sequence(s) fit there, "
-               f"so the true longest context is at least {limit:,} tokens; {why}",) if longest >= limit else ())
-    notes = spec.notes + capped + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
+    longest = max_context(spec, budget, sequences, prefill_step, limit, qstart, batch)
+    kv_dtype = next((l.dtype for l in spec.leaves() if l.k_head_dim and l.dtype), "bfloat16")
+    naive = naive_full_nbytes(spec, context)
+    seed = None if cfg is None else seed_formula_nbytes(cfg, context, kv_bits, kv_dtype)
     return Plan(model=name, dtype=spec.dtype, pattern=spec.pattern, budget_bytes=budget, context_tokens=context,
-                sequences=sequences, kv_bits=kv_bits, quantized_kv_start=qstart, prefill_step=prefill_step,
-                steady_bytes=steady, peak_bytes=peak, num_sequences=budget // peak, num_sequences_steady=budget // steady,
+                sequences=sequences, kv_bits=kv_bits, batch=batch, max_kv_size=max_kv_size, quantized_kv_start=qstart,
+                prefill_step=prefill_step, steady_bytes=steady, peak_bytes=peak,
+                num_sequences=budget // peak * batch, num_sequences_steady=budget // steady * batch,
                 max_context_tokens=longest, max_context_limit_tokens=limit,
-                naive_full_bytes=naive_full_nbytes(spec, context),
-                seed_formula_bytes=None if cfg is None else seed_formula_nbytes(cfg, context), notes=notes)
+                naive_full_bytes=None if naive is None else naive * batch,
+                seed_formula_bytes=None if seed is None else seed * batch,
+                notes=_notes(spec, kv_bits, qstart, sequences, longest, limit) +
+                      below_note(spec, context, naive, peak // batch, kv_bits, qstart))
 
 # %% ../nbs/08_plan.ipynb #d389893e
-def _to_frame(self: Plan):
-    "One row per estimate: bytes per sequence and how many sequences fit."
+@patch
+def to_frame(self: Plan):
+    "One row per estimate: bytes per sequence (per batch, with `batch` > 1) and how many sequences fit."
     import pandas as pd
     rows = [("kvspec, prefill peak", self.peak_bytes), ("kvspec, steady", self.steady_bytes),
-            ("naive: all layers full, true dims", self.naive_full_bytes), ("naive: EXP-001 seed formula", self.seed_formula_bytes)]
-    return pd.DataFrame([{"estimate": e, "bytes_per_sequence": b, "per_sequence": format_bytes(b),
-                          "sequences": self.budget_bytes // b} for e, b in rows if b is not None]).set_index("estimate")
+            ("all layers full attention", self.naive_full_bytes), ("2·layers·kv_heads·head_dim·bytes formula", self.seed_formula_bytes)]
+    return pd.DataFrame([{"estimate": e, "bytes_per_sequence" if self.batch == 1 else "bytes_per_batch": b,
+                          "per_sequence" if self.batch == 1 else "per_batch": format_bytes(b),
+                          "sequences": self.budget_bytes // b * self.batch} for e, b in rows if b is not None]).set_index("estimate")
 
-def _repr(self: Plan) -> str:
-    kv = (f"{self.kv_bits}-bit KV" + (f" from token {self.quantized_kv_start:,}" if self.quantized_kv_start else "")
-          if self.kv_bits else f"{self.dtype} KV")
-    seed = (f"; EXP-001 seed formula {format_bytes(self.seed_formula_bytes)} → {self.seed_formula_sequences}"
-            if self.seed_formula_bytes is not None else "")
-    naive = ("n/a (no cache has attention dims)" if self.naive_full_bytes is None else
-             f"{format_bytes(self.naive_full_bytes)} → {self.naive_full_sequences}")
-    lines = [f"Plan for {self.model} ({self.pattern}, {kv}): budget {format_bytes(self.budget_bytes)}, "
-             f"context {self.context_tokens:,} tokens, prefill step {self.prefill_step}",
-             f"  per sequence: {format_bytes(self.steady_bytes)} steady, {format_bytes(self.peak_bytes)} prefill peak",
-             f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
-             f"  naive: all layers full {naive}{seed}",
-             f"  longest context for {self.sequences} sequence{'s' if self.sequences > 1 else ''}: "
-             f"{self.max_context_tokens:,} tokens" + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else "")]
-    return "\n".join(lines + [f"  note: {n}" for n in self.notes])
-
-def _to_dict(self: Plan) -> dict:
+@patch
+def to_dict(self: Plan) -> dict:
     "The plan as plain data, derived counts included."
     return {**dataclasses.asdict(self), "naive_full_sequences": self.naive_full_sequences,
             "seed_formula_sequences": self.seed_formula_sequences, "notes": list(self.notes)}
 
-Plan.to_frame, Plan.__repr__, Plan.to_dict = _to_frame, _repr, _to_dict
-
-# %% ../nbs/08_plan.ipynb #6319399e
-def plot_capacity(models: dict, # label: ModelCacheSpec
-                  budget: int | str, contexts, prefill_step: int = 2048, naive: bool = True, ax=None):
-    "Sequences that fit in `budget` against context length, per model, exact (solid) and naive all-full (dashed)."
-    import matplotlib.pyplot as plt
-    budget = parse_bytes(budget)
-    ax = ax or plt.subplots(figsize=(7, 4))[1]
-    for i, (label, spec) in enumerate(models.items()):
-        color = f"C{i}"
-        ax.plot(contexts, [capacity(spec, budget, c, prefill_step) for c in contexts], color=color, label=label)
-        naive_nbytes = [naive_full_nbytes(spec, c) for c in contexts] if naive else [None]
-        if None not in naive_nbytes: ax.plot(contexts, [budget // b for b in naive_nbytes], color=color, ls="--", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="sequences that fit",
-           title=f"KV-cache capacity in {format_bytes(budget)} (dashed: naive all-full)")
-    ax.legend(fontsize=7)
-    return ax
-
-# %% ../nbs/08_plan.ipynb #155da157
-def add_plan_parser(subparsers) -> argparse.ArgumentParser:
-    "Add `kvspec plan NAME_OR_PATH --budget 16GiB --context 32768 [--kv-bits N] [--quantized-kv-start N] [--prefill-step N] [--sequences N] [--json]`."
-    p = subparsers.add_parser("plan", help="how many sequences of a context fit in a KV-cache memory budget")
-    p.add_argument("model", help="preset name, config.json, model directory, or hub id (config.json only)")
-    p.add_argument("--budget", required=True, help="memory for the KV cache, e.g. 16GiB, '16 GB', 512MiB, or bytes")
-    p.add_argument("--context", required=True, help="tokens each sequence holds")
-    p.add_argument("--kv-bits", type=int, choices=[2, 3, 4, 5, 6, 8], default=None,
-                   help="quantize KV as mlx_lm.generate does, once a cache holds --quantized-kv-start tokens")
-    p.add_argument("--quantized-kv-start", default=DEFAULT_QUANTIZED_KV_START,
-                   help=f"tokens a cache holds unquantized before --kv-bits applies (default {DEFAULT_QUANTIZED_KV_START}, "
-                        "mlx_lm.generate's; 0: quantized from the first token)")
-    p.add_argument("--prefill-step", default=2048, help="mlx_lm.generate's prefill_step_size (default 2048)")
-    p.add_argument("--sequences", default=1, help="sequences to find the longest context for (default 1)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run_plan)
-    return p
-
-def run_plan(args) -> int:
-    "Run `kvspec plan` on parsed arguments: print the plan, return the exit code."
-    pl = plan(args.model, args.budget, args.context, kv_bits=args.kv_bits, prefill_step=args.prefill_step,
-              sequences=args.sequences, quantized_kv_start=args.quantized_kv_start)
-    print(json.dumps(pl.to_dict(), indent=1) if args.json else repr(pl))
-    return 0
-
-def plan_command(argv: list[str]) -> int:
-    "`kvspec plan` on its own: parse `argv` (without the word `plan`), print, return the exit code."
-    parser = argparse.ArgumentParser(prog="kvspec")
-    add_plan_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["plan", *argv])
-    try: return args.run(args)
-    except KVSpecError as e:
-        print(f"kvspec: error: {e}", file=sys.stderr)
-        return 2
+# %% ../nbs/08_plan.ipynb #f582e11d
+@patch
+def __repr__(self: Plan) -> str:
+    "A few lines of text: the budget in both units, bytes per sequence, how many fit, the naive figures, the longest context."
+    kv = (f"{self.kv_bits}-bit KV" + (f" from token {self.quantized_kv_start:,}" if self.quantized_kv_start else "")
+          if self.kv_bits else f"{self.dtype} KV")
+    per = "sequence" if self.batch == 1 else f"batch of {self.batch} sequences"
+    fig = lambda b, n: "n/a (no cache has attention dims)" if b is None else f"{format_bytes(b)} per {per} → {n} sequence{'' if n == 1 else 's'}"
+    lines = [f"Plan for {self.model} ({self.pattern}, {kv}): budget {format_budget(self.budget_bytes)}, "
+             f"context {self.context_tokens:,} tokens, prefill step {self.prefill_step}"
+             + (f", max_kv_size {self.max_kv_size:,}" if self.max_kv_size else ""),
+             f"  per {per}: {format_bytes(self.steady_bytes)} steady, {format_bytes(self.peak_bytes)} prefill peak",
+             f"  fits {self.num_sequences} sequence{'' if self.num_sequences == 1 else 's'} at the prefill peak ({self.num_sequences_steady} at steady state)",
+             f"  all layers full attention: {fig(self.naive_full_bytes, self.naive_full_sequences)}"]
+    if self.seed_formula_bytes is not None:
+        lines.append(f"  2·layers·kv_heads·head_dim·bytes formula: {fig(self.seed_formula_bytes, self.seed_formula_sequences)}")
+    batches = -(-self.sequences // self.batch)
+    whom = (f"{self.sequences} sequence{'s' if self.sequences > 1 else ''}" if self.batch == 1 else
+            f"{batches} batch{'es' if batches > 1 else ''} of {self.batch} sequences")
+    lines.append(f"  longest context for {whom}: {self.max_context_tokens:,} tokens"
+                 + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else ""))
+    return "\n".join(lines + [f"  note: {n}" for n in self.notes])

@@ -11,11 +11,12 @@ from typing import Sequence
 
 from .detect import layer_flag
 from .config import text_config
+from .plan import capacity, format_bytes, naive_full_nbytes, parse_bytes
 from .spec import PATTERN_LETTERS, ModelCacheSpec, generate_chunks
 
 # %% auto #0
-__all__ = ['KIND_COLORS', 'ABSENT', 'pattern_grid', 'plot_pattern', 'memory_by_kind', 'plot_memory', 'index_ranges',
-           'fields_table', 'layer_table', 'cache_table']
+__all__ = ['KIND_COLORS', 'ABSENT', 'pattern_grid', 'plot_pattern', 'memory_by_kind', 'plot_memory', 'plot_capacity',
+           'index_ranges', 'fields_table', 'layer_table', 'cache_table']
 
 # %% ../nbs/07_plot.ipynb #12ea068f
 KIND_COLORS = {"full": "#1f4e79", "sliding": "#f28e2b", "chunked": "#59a14f", "state": "#8e6cbf",
@@ -88,6 +89,23 @@ def plot_memory(spec: ModelCacheSpec, contexts: Sequence[int], prefill_step: int
     ax.set(xscale="log", xlabel="context (tokens)", ylabel="GiB per sequence",
            title=title or f"{spec.model_type}: KV cache per sequence")
     ax.set_title(ax.get_title(), fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+# %% ../nbs/07_plot.ipynb #6319399e
+def plot_capacity(models: dict, # label: ModelCacheSpec
+                  budget: int | str, contexts, prefill_step: int = 2048, naive: bool = True, ax=None):
+    "Sequences that fit in `budget` against context length, per model, exact (solid) and naive all-full (dashed)."
+    import matplotlib.pyplot as plt
+    budget = parse_bytes(budget)
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    for i, (label, spec) in enumerate(models.items()):
+        color = f"C{i}"
+        ax.plot(contexts, [capacity(spec, budget, c, prefill_step) for c in contexts], color=color, label=label)
+        naive_nbytes = [naive_full_nbytes(spec, c) for c in contexts] if naive else [None]
+        if None not in naive_nbytes: ax.plot(contexts, [budget // b for b in naive_nbytes], color=color, ls="--", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="sequences that fit",
+           title=f"KV-cache capacity in {format_bytes(budget)} (dashed: naive all-full)")
     ax.legend(fontsize=7)
     return ax
 
