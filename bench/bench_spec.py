@@ -5,6 +5,8 @@ Each preset runs in a fresh subprocess so its peak RSS is its own. Reported per 
   median_ms  - median of the following repeats
   peak_mb    - peak RSS of the whole process (Python + mlx + mlx-lm imported + the spec built)
   spec_mb    - peak RSS growth caused by building the spec (peak after minus RSS after imports)
+  plan_ms    - median of kvspec.plan.plan(preset, "16GiB", 32768) after the spec timings (builds the spec again, sizes
+               one sequence, searches the longest context): what `kvspec plan` costs beyond starting Python
 Usage: python bench/bench_spec.py [--repeats 5] [--out bench/results/spec.json]
 """
 import argparse, json, platform, subprocess, sys
@@ -14,6 +16,7 @@ CHILD = r"""
 import json, resource, statistics, sys, time
 import mlx.core as mx, mlx_lm
 from kvspec.build import ModelCacheSpec
+from kvspec.plan import plan
 def rss_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 base = rss_mb()
 name, repeats = sys.argv[1], int(sys.argv[2])
@@ -21,9 +24,14 @@ t = time.perf_counter(); spec = ModelCacheSpec.from_pretrained(name); first = ti
 times = []
 for _ in range(repeats):
     t = time.perf_counter(); ModelCacheSpec.from_pretrained(name); times.append(time.perf_counter() - t)
+spec_peak = rss_mb()
+plans = []
+for _ in range(repeats):
+    t = time.perf_counter(); plan(name, "16GiB", 32768); plans.append(time.perf_counter() - t)
 print(json.dumps(dict(preset=name, model_type=spec.model_type, caches=len(spec.caches), pattern=spec.pattern,
     first_ms=round(first * 1e3, 1), median_ms=round(statistics.median(times) * 1e3, 1),
-    peak_mb=round(rss_mb(), 1), spec_mb=round(rss_mb() - base, 1), mlx=mx.__version__, mlx_lm=mlx_lm.__version__)))
+    peak_mb=round(spec_peak, 1), spec_mb=round(spec_peak - base, 1), plan_ms=round(statistics.median(plans) * 1e3, 1),
+    mlx=mx.__version__, mlx_lm=mlx_lm.__version__)))
 """
 
 def main():

@@ -51,7 +51,8 @@ def model_options(context: int | None = 4096, # default for --context; None make
                    help=f"tokens a cache holds unquantized before --kv-bits applies (default {DEFAULT_QUANTIZED_KV_START}, "
                         "mlx_lm.generate's; 0: quantized from the first token)")
     p.add_argument("--max-kv-size", type=count, default=None,
-                   help="mlx-lm's max_kv_size: full caches become RotatingKVCaches of this many tokens")
+                   help="mlx-lm's max_kv_size: full caches become RotatingKVCaches of this many tokens "
+                        "(mlx-lm ignores it for models with their own make_cache; a note says so)")
     p.add_argument("--prefill-step", type=count, default=2048, help="mlx_lm.generate's prefill_step_size (default 2048)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -263,6 +264,7 @@ def join_dash_values(argv: list[str]) -> list[str]:
         else: out.append(a); i += 1
     return out
 
+# %% ../nbs/09_cli.ipynb #24e03574
 def build_parser() -> argparse.ArgumentParser:
     "The `kvspec` parser: `--version` and every registered subcommand."
     parser = argparse.ArgumentParser(prog="kvspec", description="Exact KV-cache specs of mlx-lm models, without weights.")
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS.values(): add(sub)
     return parser
 
+# %% ../nbs/09_cli.ipynb #db4c549d
 def _quiet_stdout():
     try: fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError): return  # not a real file (a notebook's capture)

@@ -62,7 +62,6 @@ def memory_by_kind(spec: ModelCacheSpec, contexts: Sequence[int], prefill_step: 
     "Bytes per cache kind (one sequence) at each context, with the total and the naive all-full estimate."
     import pandas as pd
     groups = Counter(dataclasses.replace(c, layers=()) for c in spec.caches)
-    attn = next((l.slot_bytes for l in spec.leaves() if l.slot_bytes), 0)
     rows = []
     for ctx in contexts:
         chunks = generate_chunks(ctx, 0, prefill_step)
@@ -71,7 +70,7 @@ def memory_by_kind(spec: ModelCacheSpec, contexts: Sequence[int], prefill_step: 
         row = {"context": ctx, **{k: 0 for k in spec.kinds()}}
         for g, v in per.items(): row[g.kind] += v[at]
         row["total"] = sum(row[k] for k in spec.kinds())
-        row["naive"] = sum((l.slot_bytes or attn) * ctx or l.state_nbytes for l in spec.leaves())
+        row["naive"] = naive_full_nbytes(spec, ctx)
         rows.append(row)
     return pd.DataFrame(rows).set_index("context")
 
