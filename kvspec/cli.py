@@ -18,11 +18,15 @@ from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_na
 from .plan import format_bytes, plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
+from .demo import DEMO_CONFIGS, demo_model
+from .serve import add_serve_arguments, serve
+
 
 # %% auto #0
 __all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'subcommand', 'cache_rows', 'cache_facts',
            'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command', 'add_plan_parser',
-           'presets_command', 'add_presets_parser', 'join_dash_values', 'build_parser', 'main']
+           'presets_command', 'add_presets_parser', 'serve_command', 'add_serve_parser', 'demo_model_command',
+           'add_demo_model_parser', 'join_dash_values', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -218,6 +222,36 @@ def add_presets_parser(sub):
     p = sub.add_parser("presets", help="list the bundled model configs: name, model type, layer pattern")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=presets_command)
+
+# %% ../nbs/09_cli.ipynb #2aceeff4
+def serve_command(args) -> int:
+    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0)."
+    import logging
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
+    try: serve(args)
+    except KeyboardInterrupt: pass
+    return 0
+
+@subcommand
+def add_serve_parser(sub):
+    "Register `kvspec serve --model DIR [every mlx_lm.server option] [--cache-bytes 8GiB] [--block-tokens N] [--cache-dir DIR]`."
+    p = sub.add_parser("serve", help="mlx-lm's server with kvspec's block pool as its prompt cache")
+    add_serve_arguments(p)
+    p.set_defaults(run=serve_command)
+
+def demo_model_command(args) -> int:
+    "`kvspec demo-model DIR`: write the demo model and print its directory."
+    print(demo_model(args.dir, args.arch, seed=args.seed))
+    return 0
+
+@subcommand
+def add_demo_model_parser(sub):
+    "Register `kvspec demo-model DIR [--arch llama|gemma3_text|qwen3_next] [--seed N]`."
+    p = sub.add_parser("demo-model", help="write a small random-weight model (gibberish output, real caches) to serve offline")
+    p.add_argument("dir", help="directory to write (new, empty, or a previous demo model)")
+    p.add_argument("--arch", choices=list(DEMO_CONFIGS), default="llama")
+    p.add_argument("--seed", type=count, default=0)
+    p.set_defaults(run=demo_model_command)
 
 # %% ../nbs/09_cli.ipynb #7a32d20b
 def join_dash_values(argv: list[str]) -> list[str]:
