@@ -1,0 +1,222 @@
+"""`kvspec serve` as a user runs it: real server processes on loopback (stock `mlx_lm.server` beside it where compared),
+real clients (the `openai` package and plain HTTP), each bounded in time and stopped in `finally`."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kvspec.demo import demo_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM = ("You are a careful assistant. " + "The quick brown fox jumps over the lazy dog. " * 12).strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+class Server:
+    "A server process on a free loopback port: `kvspec serve` (kind='kvspec') or stock `mlx_lm.server` (kind='stock')."
+    def __init__(self, model, kind="kvspec", *extra, log=None):
+        self.port = free_port()
+        entry = ("import sys; from kvspec.cli import main; sys.exit(main(['serve'] + sys.argv[1:]))" if kind == "kvspec"
+                 else "import sys; from mlx_lm.server import main; sys.exit(main())")
+        cmd = [sys.executable, "-c", entry, "--model", str(model), "--port", str(self.port), "--log-level", "WARNING", *extra]
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.log = open(log or os.devnull, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}"
+            try:
+                if get(self.port, "/health")[0] == 200: return
+            except OSError: time.sleep(0.2)
+        self.stop(); raise TimeoutError("server did not come up in 90 s")
+
+    def stop(self, sig=signal.SIGINT):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try: self.proc.wait(30)
+            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait(30)
+        self.log.close()
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.stop()
+
+    def stats(self): return get(self.port, "/kvspec/stats")[1]
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r: return r.status, json.loads(r.read())
+
+
+def post(port, path, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r: return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try: return e.code, json.loads(body)
+        except ValueError: return e.code, {"raw": body.decode(errors="replace")}
+
+
+def chat(port, messages, max_tokens=8, **kw):
+    code, out = post(port, "/v1/chat/completions", dict(messages=messages, max_tokens=max_tokens, temperature=0.0, **kw))
+    assert code == 200, out
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("demo")
+    return {a: demo_model(d / a, a) for a in ("llama", "gemma3_text", "qwen3_next")}
+
+
+def conversations(n=4, turns=2):
+    "Requests as a chat client sends them: a shared system prompt, each conversation's turns, the answers fed back."
+    return [[f"Question {i}.{t}: tell me about blocks and caches number {i * 7 + t}." for t in range(turns)] for i in range(n)]
+
+
+def run_conversations(port, convs, max_tokens=8):
+    "Play each conversation turn by turn; returns the answers' texts and usages in order."
+    out = []
+    for turns in convs:
+        msgs = [{"role": "system", "content": SYSTEM}]
+        for q in turns:
+            msgs.append({"role": "user", "content": q})
+            r = chat(port, msgs, max_tokens)
+            a = r["choices"][0]["message"]["content"]
+            out.append((a, r["usage"]))
+            msgs.append({"role": "assistant", "content": a})
+    return out
+
+
+def sample_stats(server, stop, samples):
+    while not stop.is_set():
+        try: samples.append(server.stats())
+        except OSError: pass
+        stop.wait(0.05)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_next"])
+def test_greedy_identical_to_stock_and_budget_holds(models, arch, tmp_path):
+    "Same model, same requests, greedy: kvspec serve answers token for token as stock mlx_lm.server, and never holds more than its budget."
+    convs = conversations(4, 2)
+    with Server(models[arch], "stock") as stock:
+        want = run_conversations(stock.port, convs)
+    budget = 384 << 10       # small: a few conversations fit, the rest are evicted for
+    with Server(models[arch], "kvspec", "--cache-bytes", str(budget), "--block-tokens", "16", "--balance-tokens", "256",
+                log=tmp_path / "log.txt") as ours:
+        stop, samples = threading.Event(), []
+        th = threading.Thread(target=sample_stats, args=(ours, stop, samples)); th.start()
+        try: got = run_conversations(ours.port, convs)
+        finally: stop.set(); th.join(30)
+        final = ours.stats()
+    assert [a for a, _ in got] == [a for a, _ in want]
+    assert [u["completion_tokens"] for _, u in got] == [u["completion_tokens"] for _, u in want]
+    assert sum(u["completion_tokens"] for _, u in got) > 2 * len(got)
+    assert len(samples) > 3
+    assert all(s["cache_nbytes"] <= s["budget_nbytes"] == budget for s in samples + [final])
+    assert all(s["storage_nbytes"] <= budget for s in samples)
+    assert final["inserts"] > 0 and final["prefix_hit_tokens"] > 0, final
+    if arch != "qwen3_next": assert final["evictions"] > 0, final     # the hybrid's prompts fit whole more often
+    assert sum(u["prompt_tokens_details"]["cached_tokens"] for _, u in got) == final["prefix_hit_tokens"]
+
+
+def test_openai_client_streaming_and_concurrent(models):
+    "The openai package against kvspec serve: chat (multi-turn) and completions, streamed and not, four clients at once."
+    import openai
+    with Server(models["llama"], "kvspec", "--cache-bytes", "8MiB", "--block-tokens", "16") as s:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none", timeout=120, max_retries=0)
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello!"}]
+        r = client.chat.completions.create(model="default_model", messages=msgs, max_tokens=6, temperature=0)
+        assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
+        msgs += [{"role": "assistant", "content": r.choices[0].message.content}, {"role": "user", "content": "And then?"}]
+        r2 = client.chat.completions.create(model="default_model", messages=msgs, max_tokens=6, temperature=0)
+        assert r2.usage.prompt_tokens_details.cached_tokens > 0          # the first turn's prefix came from the pool
+        chunks = list(client.chat.completions.create(model="default_model", messages=msgs, max_tokens=6, temperature=0, stream=True))
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == r2.choices[0].message.content
+        c = client.completions.create(model="default_model", prompt="The quick brown fox", max_tokens=5, temperature=0)
+        cs = list(client.completions.create(model="default_model", prompt="The quick brown fox", max_tokens=5, temperature=0, stream=True))
+        assert "".join(x.choices[0].text for x in cs if x.choices) == c.choices[0].text
+        def one(i):
+            m = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Client {i} asks."}]
+            return client.chat.completions.create(model="default_model", messages=m, max_tokens=6, temperature=0).choices[0].message.content
+        with ThreadPoolExecutor(4) as ex: together = list(ex.map(one, range(4)))
+        assert together == [one(i) for i in range(4)]                   # batched answers are the ones served alone
+        st = s.stats()
+        assert st["blocks_shared"] > 0 and st["cache_nbytes"] <= st["budget_nbytes"]
+
+
+def test_restart_with_cache_dir_skips_prefill(models, tmp_path):
+    "A prompt cached before a restart with the same --cache-dir is not prefilled again."
+    d, opts = tmp_path / "cache", ["--cache-bytes", "8MiB", "--block-tokens", "16"]
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello!"}]
+    with Server(models["llama"], "kvspec", *opts, "--cache-dir", str(d)) as s:
+        first = chat(s.port, msgs)
+        cold = s.stats()
+    assert cold["persisted"] > 0 and cold["prefix_hit_tokens"] == 0
+    with Server(models["llama"], "kvspec", *opts, "--cache-dir", str(d)) as s:
+        warm = chat(s.port, msgs)
+        st = s.stats()
+    assert st["loaded"] > 0 and st["skipped_files"] == 0
+    assert st["prefill_tokens"] < cold["prefill_tokens"] and warm["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert warm["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+
+
+def test_kill9_then_restart_serves(models, tmp_path):
+    "kill -9 in the middle of a run, plus a corrupt file: the restarted server loads nothing corrupt and serves."
+    d, opts = tmp_path / "cache", ["--cache-bytes", "2MiB", "--block-tokens", "16", "--cache-dir", str(tmp_path / "cache")]
+    s = Server(models["gemma3_text"], "kvspec", *opts)
+    try:
+        def load(i):
+            try: post(s.port, "/v1/chat/completions", {"messages": [{"role": "user", "content": f"{SYSTEM} {i}"}], "max_tokens": 30})
+            except OSError: pass
+        ex = ThreadPoolExecutor(4); [ex.submit(load, i) for i in range(12)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(d.glob("*.safetensors")): time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        s.stop(signal.SIGKILL); ex.shutdown(wait=True)
+    saved = sorted(d.glob("e*.safetensors"))
+    assert saved, "nothing was persisted before the kill"
+    raw = bytearray(saved[0].read_bytes()); raw[len(raw) // 2] ^= 0xFF; saved[0].write_bytes(bytes(raw))
+    files = sorted(p.name for p in d.iterdir())
+    with Server(models["gemma3_text"], "kvspec", *opts) as s2:
+        st = s2.stats()
+        records = len(list(d.glob("e*.json")))
+        assert st["skipped_files"] >= 1 and st["loaded"] <= records - 1, (st, files)   # the corrupt one is never loaded
+        assert st["loaded"] + st["skipped_files"] >= records
+        assert saved[0].exists()                                           # skipped, not deleted
+        out = chat(s2.port, [{"role": "user", "content": f"{SYSTEM} 3"}])
+        assert out["choices"][0]["message"]["content"] is not None
+    assert saved[0].read_bytes() == bytes(raw)
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(models):
+    with Server(models["llama"], "kvspec", "--cache-bytes", "1MiB", "--block-tokens", "16") as s:
+        fit = s.stats()["fit_tokens"]
+        code, out = post(s.port, "/v1/chat/completions", None, raw=b'{"messages": [')
+        assert code == 400 and "Invalid JSON" in out["error"]
+        code, out = post(s.port, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**9})
+        assert code == 400 and f"at most {fit} tokens fit" in out["error"], out
+        long = "word " * (fit + 10)
+        code, out = post(s.port, "/v1/completions", {"prompt": long, "max_tokens": 1})
+        assert code == 400 and "max_tokens <= 0" in out["error"], out
+        code, out = post(s.port, "/v1/chat/completions", {"model": "no/such-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert 400 <= code < 500, (code, out)
+        assert chat(s.port, [{"role": "user", "content": "Still there?"}], 3)["usage"]["completion_tokens"] >= 1
+        assert get(s.port, "/health") == (200, {"status": "ok"})
