@@ -28,13 +28,14 @@ from .plan import parse_bytes
 from .pool import BlockPool, PoolExhausted
 from .spec import ModelCacheSpec
 from .store import CorruptCacheFile, PoolStore, SpecMismatch
+from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
 log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
 __all__ = ['log', 'PROMPT_CACHE_INTERFACE', 'ServeError', 'prompt_cache_interface', 'server_cache_calls', 'fit_tokens',
-           'cache_tokens', 'PoolPromptCache', 'write_atomic', 'prompt_token_count', 'admission_refusal',
-           'add_mlx_lm_server_arguments', 'add_serve_arguments', 'serve_parser', 'model_identity',
+           'common_prefix', 'cache_tokens', 'PoolPromptCache', 'write_atomic', 'prompt_token_count',
+           'admission_refusal', 'add_mlx_lm_server_arguments', 'add_serve_arguments', 'serve_parser', 'model_identity',
            'make_prompt_cache_for', 'make_handler', 'serve']
 
 # %% ../nbs/12_serve.ipynb #c13ad0e4
@@ -81,12 +82,20 @@ def fit_tokens(pool: BlockPool) -> int | None:
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
 
+def common_prefix(a: tuple, b: tuple) -> int:
+    "Length of the longest common prefix of two token tuples (bisected with C-speed slice compares)."
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+    return lo
+
 def cache_tokens(caches) -> int | None:
     "Tokens an mlx-lm cache list holds: the smallest offset of its attention caches (None if it has none)."
     offs = [c.offset for c in caches if hasattr(c, "offset")]
     return min(offs) if offs else None
 
-# %% ../nbs/12_serve.ipynb #b01f2c9a
+# %% ../nbs/12_serve.ipynb #b28dc127
 class PoolPromptCache:
     "mlx-lm's server prompt-cache interface over a kvspec `BlockPool`: an exact byte budget, shared prefix blocks, persistence."
     def __init__(self, spec: ModelCacheSpec,
@@ -104,6 +113,7 @@ class PoolPromptCache:
         self.max_entries, self.model_id, self.model_key = max_entries, model_id, None
         self.fit_tokens = fit_tokens(self.pool)
         self.sharing = not any(g.kind == "state" for g in self.pool.groups)
+        self.trimmable = all(g.kind == "full" for g in self.pool.groups)   # a cached prompt can be cut back to a shorter one
         self.entries: dict[tuple, dict] = {}   # token ids → {"seq", "cache_type"}, least recently used first
         self.lock = threading.RLock()          # the generation thread changes it, /kvspec/stats reads it
         self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, persisted=0, inserts=0,
@@ -125,33 +135,38 @@ class PoolPromptCache:
         if self.model_key is None: self.model_key = model
         return model == self.model_key
 
-# %% ../nbs/12_serve.ipynb #d35fa595
+# %% ../nbs/12_serve.ipynb #8283e9de
 @patch
 def fetch_nearest_cache(self: PoolPromptCache, model, # the server's model key
                         tokens: list[int]):            # the prompt's token ids
     "(caches, tokens still to run): the longest cached prefix of `tokens` as fresh mlx-lm caches (None, tokens if nothing)."
     with self.lock:
         self.counters["lookups"] += 1
-        best, best_key, hit = 0, None, 0
+        best, best_key, hit, toks = 0, None, 0, tuple(tokens)
         if self.owns(model) and len(tokens) > 1:
-            for key in self.entries:                     # a whole cached prompt this one extends
-                if best < len(key) < len(tokens) and tuple(tokens[:len(key)]) == key: best, best_key = len(key), key
+            for key in self.entries:                     # the cached prompt sharing the longest prefix (not all of this one)
+                c = min(common_prefix(key, toks), len(toks) - 1)
+                if c > best and (c == len(key) or self.trimmable): best, best_key = c, key
             hit = self.pool.prefix_tokens(list(tokens[:len(tokens) - 1]))   # or shared blocks of any cached prompt
-        if best_key is not None and best >= hit:
+        caches = None
+        if best_key is not None and best > hit:
             caches = self.store.caches(self.entries[best_key]["seq"])
-            self.entries[best_key] = self.entries.pop(best_key)            # now the most recently used
-        elif hit:
+            if len(best_key) > best:                     # a longer prompt: cut back to the shared part, as mlx-lm does
+                if can_trim_prompt_cache(caches): trim_prompt_cache(caches, len(best_key) - best)
+                else: caches = None
+            if caches is not None: self.entries[best_key] = self.entries.pop(best_key)   # now the most recently used
+        if caches is None and hit:
             tmp, best = ("fetch", uuid.uuid4().hex), hit
             self.pool.admit(tmp, list(tokens[:hit]))
             try: caches = self.store.caches(tmp)
             finally: self.pool.free(tmp)
-        else:
+        if caches is None:
             self.counters["prefill_tokens"] += len(tokens); return None, tokens
         mx.eval([c.state for c in caches])
         self.counters["prefix_hit_tokens"] += best; self.counters["prefill_tokens"] += len(tokens) - best
         return caches, tokens[best:]
 
-# %% ../nbs/12_serve.ipynb #8283e9de
+# %% ../nbs/12_serve.ipynb #49fde044
 @patch
 def insert_cache(self: PoolPromptCache, model,   # the server's model key
                  tokens: list[int],               # token ids the caches were fed (the last generated one may not be)
@@ -187,7 +202,7 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
         while self.max_entries is not None and len(self.entries) > self.max_entries: self.evict_one()
         if self.cache_dir is not None: self.persist(key)
 
-# %% ../nbs/12_serve.ipynb #49fde044
+# %% ../nbs/12_serve.ipynb #67746e0c
 @patch
 def drop(self: PoolPromptCache, key: tuple):  # token ids of a cached prompt
     "Forget one cached prompt: its blocks go back to the pool (shared ones stay findable until reused), its files go."
@@ -226,7 +241,7 @@ def stats_by_type(self: PoolPromptCache) -> dict:
         for t, s in blocks.items(): out[t]["n_bytes"] = sum(self.pool.groups[g].block_bytes for g, _ in s)
         return out
 
-# %% ../nbs/12_serve.ipynb #67746e0c
+# %% ../nbs/12_serve.ipynb #a346c4e3
 @patch
 def stats(self: PoolPromptCache) -> dict:
     "What `GET /kvspec/stats` answers: the budget, bytes held, blocks, prefix hits, prefill work, evictions, persistence — whole and per block group."
@@ -244,7 +259,7 @@ def stats(self: PoolPromptCache) -> dict:
                     blocks_shared=total("blocks_shared"), block_tokens=self.pool.block_tokens, fit_tokens=self.fit_tokens,
                     entries=len(self.entries), **self.counters, groups=groups)
 
-# %% ../nbs/12_serve.ipynb #baafb654
+# %% ../nbs/12_serve.ipynb #8ea59e5d
 def write_atomic(path: Path,   # the file to (re)place
                  data: bytes): # its whole new content
     "Write `data` to `path` so that a reader (or a crash) sees the old file or the new one, never half of one."
@@ -263,7 +278,7 @@ def persist(self: PoolPromptCache, key: tuple):  # token ids of a cached prompt
     self.store.save(e["seq"], self.cache_dir)
     self.counters["persisted"] += 1
 
-# %% ../nbs/12_serve.ipynb #8ea59e5d
+# %% ../nbs/12_serve.ipynb #431863cf
 @patch
 def load_dir(self: PoolPromptCache):
     "Load the saved prompts of `cache_dir`, oldest first; anything corrupt, partial, of other weights or beyond the budget is logged and skipped (kept on disk)."
@@ -291,7 +306,7 @@ def load_dir(self: PoolPromptCache):
         self.entries[key] = dict(seq=p.stem, cache_type=meta.get("cache_type", "assistant"))
         self.counters["loaded"] += 1
 
-# %% ../nbs/12_serve.ipynb #da8a90eb
+# %% ../nbs/12_serve.ipynb #cae3f3c4
 def prompt_token_count(tokenizer, request) -> int | None:
     "Tokens of a request's prompt as its chat template or plain encoding gives them (None: it cannot be counted here)."
     try:
@@ -311,7 +326,7 @@ def admission_refusal(fit: int | None,           # most tokens one sequence may 
     return (f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} needs {prompt_tokens + max_tokens} tokens of cache; "
             f"at most {fit} tokens fit the prompt cache budget, so this prompt may ask for max_tokens <= {max(0, fit - prompt_tokens)}")
 
-# %% ../nbs/12_serve.ipynb #fce11655
+# %% ../nbs/12_serve.ipynb #df7b9752
 def add_mlx_lm_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add every option `mlx_lm.server` takes to `parser`, read from its own `main()` (so a new option there is one here)."
     import mlx_lm.server as srv
@@ -338,7 +353,7 @@ def serve_parser() -> argparse.ArgumentParser:
     "A parser of `kvspec serve`'s options alone (the `kvspec` CLI adds them to its `serve` subcommand)."
     return add_serve_arguments(argparse.ArgumentParser(prog="kvspec serve", description="mlx-lm's server with kvspec's block pool as its prompt cache."))
 
-# %% ../nbs/12_serve.ipynb #8c4d61e9
+# %% ../nbs/12_serve.ipynb #69b71918
 def model_identity(path) -> str:
     "A digest naming a model directory's weights: its config, and each safetensors file's name, size and first MiB."
     p, h = Path(path), hashlib.sha256()
@@ -357,7 +372,7 @@ def make_prompt_cache_for(args) -> PoolPromptCache:
     return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=args.cache_dir,
                            model_id=model_identity(args.model), context_tokens=args.balance_tokens)
 
-# %% ../nbs/12_serve.ipynb #6331dc69
+# %% ../nbs/12_serve.ipynb #170ef07f
 def make_handler(tokenizer):  # the served model's tokenizer, to count prompt tokens for admission
     "mlx-lm's `APIHandler`, plus `GET /kvspec/stats` and admission control (a 400 before a request that cannot fit runs)."
     from mlx_lm.server import APIHandler
@@ -376,7 +391,7 @@ def make_handler(tokenizer):  # the served model's tokenizer, to count prompt to
             super().handle_completion(request, stop_words)
     return KVSpecHandler
 
-# %% ../nbs/12_serve.ipynb #170ef07f
+# %% ../nbs/12_serve.ipynb #f144a534
 def serve(args,        # options from `serve_parser`
           ready=None): # called with the HTTP server once it listens
     "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache."

@@ -179,7 +179,7 @@ def test_restart_with_cache_dir_skips_prefill(models, tmp_path):
 
 def test_kill9_then_restart_serves(models, tmp_path):
     "kill -9 in the middle of a run, plus a corrupt file: the restarted server loads nothing corrupt and serves."
-    d, opts = tmp_path / "cache", ["--cache-bytes", "2MiB", "--block-tokens", "16", "--cache-dir", str(tmp_path / "cache")]
+    d, opts = tmp_path / "cache", ["--cache-bytes", "8MiB", "--block-tokens", "16", "--cache-dir", str(tmp_path / "cache")]
     s = Server(models["gemma3_text"], "kvspec", *opts)
     try:
         def load(i):
@@ -187,8 +187,7 @@ def test_kill9_then_restart_serves(models, tmp_path):
             except OSError: pass
         ex = ThreadPoolExecutor(4); [ex.submit(load, i) for i in range(12)]
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(d.glob("*.safetensors")): time.sleep(0.05)
-        time.sleep(0.3)
+        while time.monotonic() < deadline and not list(d.glob("e*.safetensors")): time.sleep(0.01)
     finally:
         s.stop(signal.SIGKILL); ex.shutdown(wait=True)
     saved = sorted(d.glob("e*.safetensors"))
