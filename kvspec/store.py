@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlx.core as mx
 from fastcore.basics import patch
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
 from .config import KVSpecError, UnsupportedCache
@@ -242,15 +243,30 @@ def cache_path(directory: str | Path, seq_id) -> Path:
     return path
 
 # %% ../nbs/06_store.ipynb #3a7a7638
-_FORMAT = "kvspec.cache/2"
+_FORMAT = "kvspec.cache/3"
 _SIGNED = ("format", "fingerprint", "num_tokens")   # metadata the checksum covers, with every array
+_MINE = "0."                                        # where mlx-lm's layout keeps the caller's metadata
 
 def _digest(arrays: dict[str, mx.array], meta: dict[str, str]) -> str:
     h = hashlib.sha256(json.dumps([meta[k] for k in _SIGNED]).encode())
     for k in sorted(arrays):
         a = arrays[k]
-        h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.view(mx.uint8))))
+        h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.reshape(-1).view(mx.uint8))))
     return h.hexdigest()
+
+def _layout(caches: list) -> tuple[dict[str, mx.array], list[str], list]:
+    "Arrays, class names and scalar notes of `caches` exactly as `mlx_lm.models.cache.save_prompt_cache` lays them out."
+    scalars = [""]                                  # mlx-lm's: never empty, or tree_flatten would drop it
+    def as_array(key, x):
+        if isinstance(x, mx.array): return x
+        if x is None: scalars.append((key, "none")); return mx.array([])
+        scalars.append((key, "scalar")); return mx.array(x)
+    arrays = {k: as_array(k, x) for k, x in tree_flatten([c.state for c in caches])}
+    return arrays, [type(c).__name__ for c in caches], scalars
+
+def _flat_meta(mine: dict[str, str], classes: list[str], scalars: list) -> dict[str, str]:
+    "The safetensors metadata `load_prompt_cache` reads: our fields, the cache classes, the scalar notes."
+    return dict(tree_flatten([mine, classes, scalars]))
 
 def _write_file(path: Path, arrays: dict, metadata: dict) -> None:
     mx.save_safetensors(str(path), arrays, metadata=metadata)
@@ -261,19 +277,19 @@ def _write_file(path: Path, arrays: dict, metadata: dict) -> None:
 def save(self: PoolStore, seq_id, # a sequence in the pool, whose id is a plain file name
          directory: str | Path, # where to write; created if missing
         ) -> Path:
-    "Write a sequence's live cache to `directory/<seq_id>.safetensors`, atomically, with the spec fingerprint."
+    "Write a sequence's live cache to `directory/<seq_id>.safetensors`, atomically, readable by mlx-lm's `load_prompt_cache`."
     path = cache_path(directory, seq_id)
     with self.pool.transaction():
         n, held = self.gather(seq_id)
-    arrays = {f"{i}.{j}": a for i, arrs in held.items() for j, a in enumerate(arrs)}
+    arrays, classes, scalars = _layout(self.to_caches(n, held))
     mx.eval(arrays)
-    meta = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
-    meta["sha256"] = _digest(arrays, meta)
+    mine = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
+    mine["sha256"] = _digest(arrays, mine)
     try: path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise CacheWriteError(f"{path.parent}: cannot create the cache directory ({e})") from None
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.safetensors")
     try:
-        _write_file(tmp, arrays, meta)
+        _write_file(tmp, arrays, _flat_meta(mine, classes, scalars))
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         raise CacheWriteError(f"{path}: could not write the cache file ({e}); any previous file is unchanged") from None
@@ -292,11 +308,12 @@ def _fp_diff(a: dict, b: dict) -> str:
     return "fingerprints differ"
 
 def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
-    "Arrays and metadata of a saved cache, checked whole: raises `CorruptCacheFile` for anything else."
+    "Arrays and kvspec metadata (format, fingerprint, num_tokens, sha256) of a saved cache, checked whole: else `CorruptCacheFile`."
     path = Path(path)
     if not path.is_file(): raise CorruptCacheFile(f"{path}: no such file")
-    try: arrays, meta = mx.load(str(path), format="safetensors", return_metadata=True)
+    try: arrays, flat = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as e: raise CorruptCacheFile(f"{path}: not a readable safetensors file ({e})") from None
+    meta = {k[len(_MINE):]: v for k, v in flat.items() if k.startswith(_MINE)}
     if meta.get("format") != _FORMAT or any(k not in meta for k in (*_SIGNED, "sha256")):
         raise CorruptCacheFile(f"{path}: not a kvspec cache file of format {_FORMAT} (format {meta.get('format')!r}, metadata {sorted(meta)})")
     if _digest(arrays, meta) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
@@ -305,21 +322,34 @@ def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     if not isinstance(fp, dict) or not isinstance(fp.get("caches"), list) or not all(isinstance(c, dict) for c in fp["caches"]):
         raise CorruptCacheFile(f"{path}: the fingerprint is not a kvspec spec fingerprint")
     if not re.fullmatch(r"0|[1-9][0-9]*", meta["num_tokens"]): raise CorruptCacheFile(f"{path}: num_tokens {meta['num_tokens']!r} is not a count")
+    meta["layout"] = {k: v for k, v in flat.items() if not k.startswith(_MINE)}   # mlx-lm's classes and scalar notes
     return arrays, meta
 
 # %% ../nbs/06_store.ipynb #0ee2aece
 @patch
-def _expected_arrays(self: PoolStore, n: int) -> dict[str, tuple[tuple[int, ...], mx.Dtype]]:
-    "Name → (shape, dtype) of every array `save` writes for a sequence of n tokens in this pool."
-    out = {}
+def _expected(self: PoolStore, n: int) -> tuple[dict[str, mx.array], dict[str, str]]:
+    "The arrays (lazy, never evaluated: shapes and dtypes only) and layout metadata `save` writes for n tokens in this pool."
+    blank = {}
     for i, g in self.group_of.items():
         c, grp = self.leaves[i], self.pool.groups[g]
-        if grp.kind == "state":
-            for j, (s, d) in enumerate(zip(c.state_shapes, c.state_dtypes)): out[f"{i}.{j}"] = ((1, *s), getattr(mx, d))
-            continue
+        if grp.kind == "state": blank[i] = [mx.zeros((1, *s), getattr(mx, d)) for s, d in zip(c.state_shapes, c.state_dtypes)]; continue
         held = min(n, grp.window) if grp.window else n
-        for j, d in enumerate((c.k_head_dim, c.v_head_dim)): out[f"{i}.{j}"] = ((1, c.n_kv_heads, held, d), getattr(mx, c.dtype))
-    return out
+        blank[i] = [mx.zeros((1, c.n_kv_heads, held, d), getattr(mx, c.dtype)) for d in (c.k_head_dim, c.v_head_dim)]
+    arrays, classes, scalars = _layout(self.to_caches(n, blank))
+    return arrays, _flat_meta({}, classes, scalars)
+
+@patch
+def _check_layout(self: PoolStore, path: Path, arrays: dict, layout: dict, n: int) -> None:
+    "Raise `CorruptCacheFile` unless the file's arrays and layout are exactly what this pool saves at n tokens."
+    want, want_layout = self._expected(n)
+    if set(arrays) != set(want):
+        raise CorruptCacheFile(f"{path}: arrays missing {sorted(set(want) - set(arrays))}, unexpected {sorted(set(arrays) - set(want))}")
+    for k, w in want.items():
+        a = arrays[k]
+        if a.shape != w.shape or a.dtype != w.dtype:
+            raise CorruptCacheFile(f"{path}: array {k} is {tuple(a.shape)} {a.dtype}, this pool needs {tuple(w.shape)} {w.dtype} at {n} tokens")
+        if w.ndim == 0 and a.item() != w.item(): raise CorruptCacheFile(f"{path}: {k} is {a.item()}, this pool needs {w.item()} at {n} tokens")
+    if layout != want_layout: raise CorruptCacheFile(f"{path}: cache classes or scalars are not this pool's ({sorted(set(layout.items()) ^ set(want_layout.items()))[:4]})")
 
 # %% ../nbs/06_store.ipynb #922b90b0
 @patch
@@ -339,13 +369,9 @@ def load(self: PoolStore, directory: str | Path, # where `save` wrote
     if tokens is not None:
         toks, k = parse_tokens(tokens)
         if toks is None or k != n: raise PoolError(f"{seq_id!r} holds {n} tokens, give as many token ids (got {tokens!r:.40})")
-    want = self._expected_arrays(n)
-    if set(arrays) != set(want):
-        raise CorruptCacheFile(f"{path}: arrays missing {sorted(set(want) - set(arrays))}, unexpected {sorted(set(arrays) - set(want))}")
-    for k, (shape, dt) in want.items():
-        if tuple(arrays[k].shape) != shape or arrays[k].dtype != dt:
-            raise CorruptCacheFile(f"{path}: array {k} is {tuple(arrays[k].shape)} {arrays[k].dtype}, this pool needs {shape} {dt} at {n} tokens")
-    held = {i: [arrays[f"{i}.{j}"] for j in range(len(self.arrays[i]))] for i in self.group_of}
+    self._check_layout(path, arrays, meta["layout"], n)
+    held = {i: ([arrays[f"{i}.0.{j}"] for j in range(len(self.arrays[i]))] if self.pool.groups[g].kind == "state"
+                else [arrays[f"{i}.0"], arrays[f"{i}.1"]]) for i, g in self.group_of.items()}
     caches = self.to_caches(n, held)
     with self.pool.transaction():
         self.pool.admit(seq_id, 0 if tokens is None else [])   # [] starts the hash chain the token ids extend
