@@ -5,9 +5,12 @@
 # %% ../nbs/03_detect.ipynb #1eefd85d
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fastcore.basics import patch
 
 from .config import text_config
+from .probe import model_layers
 from .spec import CacheSpec, PATTERN_LETTERS, compact_pattern
 
 # %% auto #0
@@ -18,12 +21,14 @@ __all__ = ['LAYER_TYPE_KINDS', 'HEURISTICS', 'TIER_ORDER', 'Verdict', 'probe_tie
 @dataclass(frozen=True)
 class Verdict:
     "One tier's per-layer kinds, or None where the tier has nothing to say, with its evidence."
-    tier: str
-    kinds: tuple[str, ...] | None
-    evidence: str
+    tier: str                              # "probe", "layer_types", "layer_flags" or "heuristics"
+    kinds: tuple[str, ...] | None          # one kind per layer, or None: the tier abstains
+    evidence: str                          # what the tier read, in words
+    unread: tuple[tuple[int, str], ...] = ()  # (layer, value) the tier found but cannot read
 
     @property
     def pattern(self) -> str | None:
+        "The kinds as a compact pattern of letters (`SSSSSF × 8`), or None if the tier abstains."
         if self.kinds is None: return None
         return compact_pattern("".join(PATTERN_LETTERS.get(k, "-") for k in self.kinds))
 
@@ -45,18 +50,27 @@ def probe_tier(caches: list[CacheSpec], num_layers: int) -> Verdict:
 # %% ../nbs/03_detect.ipynb #faf10b1e
 LAYER_TYPE_KINDS = {
     "full_attention": "full", "attention": "full", "global": "full", "global_attention": "full",
+    "sparse_attention": "full",  # minimax_m3_vl: full K/V plus indexer keys (a CacheList)
     "sliding_attention": "sliding", "sliding_window": "sliding", "local": "sliding", "local_attention": "sliding",
     "chunked_attention": "chunked",
     "linear_attention": "state", "mamba": "state", "mamba2": "state", "conv": "state", "recurrent": "state",
-    "gated_delta": "state", "ssm": "state",
+    "gated_delta": "state", "ssm": "state", "conv_mixer": "state",  # gear: an ArraysCache
 }
 
+def _unread_evidence(unread) -> str:
+    by_value = {}
+    for i, v in unread: by_value.setdefault(v, []).append(i)
+    def where(ix): return f"layer{'s' if len(ix) > 1 else ''} {', '.join(map(str, ix[:5]))}{' …' if len(ix) > 5 else ''}"
+    return "; cannot read " + ", ".join(f"{v} ({where(ix)})" for v, ix in list(by_value.items())[:4]) if unread else ""
+
 def layer_types_tier(cfg: dict) -> Verdict:
-    "Per-layer kinds from the config's `layer_types`, if it has one."
+    "Per-layer kinds from the config's `layer_types`, if it has one; values it cannot read are named in `unread`."
     lt = text_config(cfg).get("layer_types")
     if not lt: return Verdict("layer_types", None, "config has no layer_types")
-    kinds = tuple(LAYER_TYPE_KINDS.get(str(t), "unknown") for t in lt)
-    return Verdict("layer_types", kinds, f"config layer_types: {sorted(set(map(str, lt)))}")
+    if not isinstance(lt, (list, tuple)): return Verdict("layer_types", None, f"cannot read layer_types={lt!r:.60}: not a list")
+    kinds = tuple(LAYER_TYPE_KINDS.get(t, "unknown") if isinstance(t, str) else "unknown" for t in lt)
+    unread = tuple((i, f"{t!r:.40}") for i, (t, k) in enumerate(zip(lt, kinds)) if k == "unknown")
+    return Verdict("layer_types", kinds, f"config layer_types: {sorted(set(map(str, lt)))}{_unread_evidence(unread)}", unread)
 
 # %% ../nbs/03_detect.ipynb #b962df38
 _ATTN_NAMES = ("self_attn", "attention", "attn", "mixer", "temporal_block")
@@ -133,36 +147,44 @@ _COMPARABLE = {"full", "sliding", "chunked", "state"}
 @dataclass(frozen=True)
 class Detection:
     "Every tier's verdict, the deciding tier, and where the others disagree with it."
-    verdicts: tuple[Verdict, ...]
+    verdicts: tuple[Verdict, ...]  # one per tier, in `TIER_ORDER`
 
     @property
     def deciding(self) -> Verdict | None:
+        "The first tier in `TIER_ORDER` that has a verdict."
         return next((v for t in TIER_ORDER for v in self.verdicts if v.tier == t and v.kinds is not None), None)
 
-    def disagreements(self) -> dict[str, list[tuple[int, str, str]]]:
-        "Per tier, the layers (index, tier's kind, deciding kind) where it disagrees with the deciding tier."
-        best, out = self.deciding, {}
-        if best is None: return out
-        for v in self.verdicts:
-            if v is best or v.kinds is None: continue
-            if len(v.kinds) != len(best.kinds):
-                out[v.tier] = [(-1, f"{len(v.kinds)} layers", f"{len(best.kinds)} layers")]; continue
-            diff = [(i, a, b) for i, (a, b) in enumerate(zip(v.kinds, best.kinds))
-                    if a != b and a in _COMPARABLE and b in _COMPARABLE]
-            if diff: out[v.tier] = diff
-        return out
+# %% ../nbs/03_detect.ipynb #1f2adf6f
+@patch
+def disagreements(self: Detection) -> dict[str, list[tuple[int, str, str]]]:
+    "Per tier, the layers (index, tier's kind, deciding kind) where it disagrees with the deciding tier."
+    best, out = self.deciding, {}
+    if best is None: return out
+    for v in self.verdicts:
+        if v is best or v.kinds is None: continue
+        if len(v.kinds) != len(best.kinds):
+            out[v.tier] = [(-1, f"{len(v.kinds)} layers", f"{len(best.kinds)} layers")]; continue
+        diff = {i: (i, a, b) for i, (a, b) in enumerate(zip(v.kinds, best.kinds))
+                if a != b and a in _COMPARABLE and b in _COMPARABLE}
+        diff.update({i: (i, "unknown", best.kinds[i]) for i, _ in v.unread})
+        if diff: out[v.tier] = sorted(diff.values())
+    return out
 
-    def summary(self) -> list[str]:
-        "One line per tier: its pattern and evidence, and how it compares."
-        dis, best = self.disagreements(), self.deciding
-        def status(v):
-            if v.kinds is None: return "abstains"
-            if v is best: return "DECIDES"
-            return f"disagrees on {len(dis[v.tier])} layers" if v.tier in dis else "agrees"
-        return [f"{v.tier:12} {status(v):24} {v.pattern or '-':16} {v.evidence}" for v in self.verdicts]
+# %% ../nbs/03_detect.ipynb #f75d422d
+@patch
+def summary(self: Detection) -> list[str]:
+    "One line per tier: its pattern and evidence, and how it compares."
+    dis, best = self.disagreements(), self.deciding
+    def status(v):
+        if v.kinds is None: return "abstains"
+        if v is best: return "DECIDES"
+        n = len(dis.get(v.tier, ()))
+        if n and dis[v.tier][0][0] == -1: return f"disagrees: {dis[v.tier][0][1]}"
+        return f"disagrees on {n} layer{'s' if n > 1 else ''}" if n else "agrees"
+    return [f"{v.tier:12} {status(v):24} {v.pattern or '-':16} {v.evidence}" for v in self.verdicts]
 
+# %% ../nbs/03_detect.ipynb #f40f77dc
 def detect(cfg: dict, model, caches: list[CacheSpec], num_layers: int) -> Detection:
     "Run every tier on a config, its weightless model and its probed caches."
-    from kvspec.probe import model_layers
     return Detection((probe_tier(caches, num_layers), layer_types_tier(cfg),
                       layer_flags_tier(model_layers(model)), heuristics_tier(cfg)))

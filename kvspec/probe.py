@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import defaultdict
 
 import mlx.core as mx
+from fastcore.basics import patch
 from mlx.utils import tree_map_with_path
 from mlx_lm.models import cache as mlx_cache
 
-from .config import ConfigError, UnsupportedCache, model_args, model_classes, text_config
+from .config import ConfigError, UnsupportedCache, check_int, model_args, model_classes
 from .spec import CacheSpec
 
 # %% auto #0
@@ -105,6 +105,7 @@ def model_layers(model) -> list:
 
 def probe_caches(model, max_kv_size: int | None = None, tokens: int = PROBE_TOKENS):
     "mlx-lm's caches for `model` after a lazy forward pass, and the layers writing each."
+    tokens = check_int(tokens, "tokens")
     layers = model_layers(model)
     def run(n):
         caches = mlx_cache.make_prompt_cache(model, max_kv_size=max_kv_size)
@@ -160,26 +161,39 @@ def cache_spec(cache, layers: tuple[int, ...] = ()) -> CacheSpec:
 # %% ../nbs/02_probe.ipynb #9c09a364
 class LazyReplay:
     "Bytes of each of mlx-lm's caches after every call, from a lazy (never evaluated) run of the model."
-    def __init__(self, model, max_kv_size: int | None = None, kv_bits: int | None = None, kv_group_size: int = 64):
+    def __init__(self, model,                    # an mlx-lm model, weightless or loaded
+                 max_kv_size: int | None = None, # as make_prompt_cache(model, max_kv_size)
+                 kv_bits: int | None = None,     # quantize the caches after every call, as mlx_lm.generate does
+                 kv_group_size: int = 64):       # the group size of that quantization
         self.model, self.max_kv_size, self.kv_bits, self.kv_group_size = model, max_kv_size, kv_bits, kv_group_size
         self._memo: dict = {}
 
-    def per_call(self, chunks, batch: int = 1) -> list[list[int]]:
-        "For each call, the `.nbytes` of every cache."
-        key = (tuple(chunks), batch)
-        if key not in self._memo:
-            if len(self._memo) > 64: self._memo.clear()
-            caches, out = mlx_cache.make_prompt_cache(self.model, max_kv_size=self.max_kv_size), []
+# %% ../nbs/02_probe.ipynb #bfff6b71
+@patch
+def per_call(self: LazyReplay,
+             chunks,         # token counts of the successive calls
+             batch: int = 1, # rows per call
+            ) -> list[list[int]]:
+    "For each call, the `.nbytes` of every cache."
+    key = (tuple(chunks), batch)
+    if key not in self._memo:
+        if len(self._memo) > 64: self._memo.clear()
+        caches, out = mlx_cache.make_prompt_cache(self.model, max_kv_size=self.max_kv_size), []
+        with lazy_stand_ins(self.model):
             for n in chunks:
                 self.model(mx.zeros((batch, n), dtype=mx.int32), cache=caches)
                 if self.kv_bits is not None: caches[:] = quantize_caches(caches, self.kv_bits, self.kv_group_size)
                 out.append([c.nbytes for c in caches])
-            self._memo[key] = out
-        return self._memo[key]
+        self._memo[key] = out
+    return self._memo[key]
 
-    def for_cache(self, index: int):
-        "A `CacheSpec.replay` callable for cache `index`."
-        return lambda chunks, batch=1: [row[index] for row in self.per_call(chunks, batch)]
+# %% ../nbs/02_probe.ipynb #d71b628f
+@patch
+def for_cache(self: LazyReplay,
+              index: int, # the cache's position in make_prompt_cache's list
+             ):
+    "A `CacheSpec.replay` callable for cache `index`."
+    return lambda chunks, batch=1: [row[index] for row in self.per_call(chunks, batch)]
 
 # %% ../nbs/02_probe.ipynb #24ad5222
 def quantize_caches(caches: list, bits: int, group_size: int = 64, origin: str = "<dict>") -> list:
