@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 from . import build  # noqa: F401 -- attaches ModelCacheSpec.from_config / from_model
 from .config import ConfigError, check_int, config_dtype, load_config, CACHE_DTYPES
 from .fit import WeightsSpec, quant_settings, quantize_weightless, tie_at_load, weights_from_model
-from .plan import DEFAULT_QUANTIZED_KV_START, format_bytes, max_context, parse_bytes, sequence_nbytes
+from .plan import DEFAULT_QUANTIZED_KV_START, format_bytes, max_context, parse_bytes
 from .pool import BlockPool
 from .probe import model_layers, weightless_model
 from .spec import ModelCacheSpec
@@ -176,7 +176,7 @@ def rank_table(ranks, # `group_specs(...)`
     check_int(context, "context", error=ShardError)
     rows = []
     for r, mem in zip(ranks, _memories(memory, len(ranks))):
-        kv = sequence_nbytes(r.spec, context, prefill_step, quantized_kv_start, batch)[1]
+        kv = r.spec.generate_nbytes(context, 0, batch, prefill_step, quantized_kv_start)[1]
         heads = sorted({c.n_kv_heads for c in r.spec.leaves() if c.n_kv_heads})
         rows.append(dict(rank=r.rank, name=r.name, layers=f"{r.layers[0]}-{r.layers[1] - 1}", kv_heads="/".join(map(str, heads)),
                          kv_bytes=kv, weights_bytes=r.weights.nbytes, total_bytes=kv + r.weights.nbytes,
