@@ -15,6 +15,7 @@ from typing import Callable
 
 from . import __version__
 from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_names, text_config
+from .fit import fit
 from .plan import format_bytes, plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
@@ -26,8 +27,9 @@ from .shard import format_group_report, group_report
 # %% auto #0
 __all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'ranks_command', 'subcommand', 'cache_rows',
            'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command',
-           'add_plan_parser', 'presets_command', 'add_presets_parser', 'serve_command', 'add_serve_parser',
-           'demo_model_command', 'add_demo_model_parser', 'join_dash_values', 'build_parser', 'main']
+           'add_plan_parser', 'presets_command', 'add_presets_parser', 'fit_command', 'add_fit_parser', 'serve_command',
+           'add_serve_parser', 'demo_model_command', 'add_demo_model_parser', 'join_dash_values', 'build_parser',
+           'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -238,6 +240,22 @@ def add_presets_parser(sub):
     p = sub.add_parser("presets", help="list the bundled model configs: name, model type, layer pattern")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     p.set_defaults(run=presets_command)
+
+# %% ../nbs/09_cli.ipynb #f17a0c02
+def fit_command(args) -> int:
+    "`kvspec fit`: weights + KV peak + reserve against the machine's memory."
+    f = fit(args.model, memory=args.memory, context=args.context, batch=args.batch, kv_bits=args.kv_bits,
+            prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype)
+    print(json.dumps(f.to_dict(), indent=1) if args.json else repr(f))
+    return 0
+
+@subcommand
+def add_fit_parser(sub):
+    "Register `kvspec fit NAME_OR_PATH [--memory 16GiB] [--max-tokens N] [shared model options]`."
+    p = sub.add_parser("fit", parents=[model_options(32768)], help="will the model, at this context, fit on this machine")
+    p.add_argument("--memory", help="memory to plan against (default: this machine's), e.g. 16GiB or 64GB")
+    p.add_argument("--max-tokens", type=count, default=0, help="tokens generated after the prompt (default 0)")
+    p.set_defaults(run=fit_command)
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:

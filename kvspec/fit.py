@@ -34,7 +34,7 @@ __all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITI
            'check_quant_params', 'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec',
            'weights_from_model', 'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights', 'MachineMemory',
            'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
-           'peak_total_nbytes', 'fit']
+           'peak_total_nbytes', 'fit', 'FitError', 'Guard', 'guard']
 
 # %% ../nbs/10_fit.ipynb #f7c1fc02
 class WeightsError(ConfigError):
@@ -314,7 +314,8 @@ def forward_reserve_nbytes(cfg: dict, # the model's config
                            batch: int = 1, prefill_step: int = 2048,
                           ) -> int:
     "Transient bytes of the largest prefill chunk's forward pass (activations, attention scores, logits), with a margin."
-    tc, item = text_config(cfg), mx.zeros((), getattr(mx, spec.dtype)).itemsize
+    dt = (spec.dtype or "").split("/")[0]   # "bfloat16/float32": activations first, state second
+    tc, item = text_config(cfg), mx.zeros((), getattr(mx, dt if dt in CACHE_DTYPES else "bfloat16")).itemsize
     hidden, heads, vocab = _size(tc, "hidden_size", "d_model"), _size(tc, "num_attention_heads", "n_heads"), _size(tc, "vocab_size")
     moe = _size(tc, "moe_intermediate_size") * _size(tc, "num_experts_per_tok", "experts_per_token", "top_k")
     inter = max(_size(tc, "intermediate_size", "ffn_dim", default=4 * hidden), moe + _size(tc, "shared_expert_intermediate_size"))
@@ -431,3 +432,51 @@ def __repr__(self: Fit) -> str: return "\n".join(self.lines())
 
 @patch
 def _repr_markdown_(self: Fit) -> str: return "\n".join(f"- {l}" if i else f"**{l}**" for i, l in enumerate(self.lines()))
+
+# %% ../nbs/10_fit.ipynb #73e27c7f
+class FitError(KVSpecError):
+    "A request that would not fit in the memory a guard was given."
+
+@dataclass(frozen=True, kw_only=True)
+class Guard:
+    "Checks requests against `memory_nbytes` for one loaded model (see `guard`)."
+    weights_nbytes: int
+    memory_nbytes: int
+    spec: ModelCacheSpec
+    config: dict
+    batch: int = 1
+    prefill_step: int = 2048
+
+def guard(model, # a loaded mlx-lm model (mlx_lm.load / load_model)
+          *, memory: int | str | None = None, # the limit (default: machine_memory())
+          kv_bits: int | None = None, # as given to mlx_lm.generate
+          batch: int = 1, prefill_step: int = 2048,
+         ) -> Guard:
+    "A checker for `model`'s requests: call it with the prompt length before `mlx_lm.generate` / `stream_generate`."
+    args = getattr(model, "args", None)
+    cfg = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(vars(args)) if args is not None else {}
+    return Guard(weights_nbytes=weights_from_model(model).nbytes, memory_nbytes=machine_memory(memory).nbytes,
+                 spec=ModelCacheSpec.from_model(model, kv_bits=kv_bits), config=cfg,
+                 batch=check_int(batch, "batch", maximum=MAX_FIT_BATCH, error=KVSpecError),
+                 prefill_step=check_int(prefill_step, "prefill_step", maximum=MAX_FIT_CONTEXT, error=KVSpecError))
+
+# %% ../nbs/10_fit.ipynb #c6a3a28b
+@patch
+def peak_nbytes(self: Guard, prompt_tokens: int, max_tokens: int = 0) -> int:
+    "Weights + KV peak + reserve of one request."
+    return self.weights_nbytes + sum(peak_total_nbytes(self.config, self.spec, self.weights_nbytes, prompt_tokens, self.batch,
+                                                       self.prefill_step, max_tokens)[1:])
+
+@patch
+def __call__(self: Guard, prompt, # the prompt: its token count, or the tokens (anything with a len)
+             max_tokens: int = 0, # tokens to generate
+            ) -> int:
+    "The request's planned peak bytes, or `FitError` (before any cache exists) saying how many tokens would fit."
+    n = check_int(prompt if isinstance(prompt, int) else len(prompt), "prompt tokens", maximum=MAX_FIT_CONTEXT, error=KVSpecError)
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_FIT_CONTEXT, error=KVSpecError)
+    need = self.peak_nbytes(n, max_tokens)
+    if need > self.memory_nbytes:
+        room = _largest(lambda c: self.peak_nbytes(c, max_tokens) <= self.memory_nbytes, MAX_FIT_CONTEXT)
+        raise FitError(f"{n:,} prompt tokens + {max_tokens:,} generated need {format_bytes(need)} at the peak, more than "
+                       f"the {format_bytes(self.memory_nbytes)} allowed; at most {room:,} prompt tokens would fit")
+    return need
