@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['PRESET_DIR', 'CACHE_DTYPES', 'KVSpecError', 'ConfigError', 'ConfigNotFound', 'UnknownModelType', 'UnsupportedCache',
-           'check_int', 'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure', 'load_config',
-           'text_config', 'config_dtype', 'model_classes', 'check_sizes', 'model_args']
+__all__ = ['PRESET_DIR', 'CACHE_DTYPES', 'SIZE_LIMITS', 'KVSpecError', 'ConfigError', 'ConfigNotFound', 'UnknownModelType',
+           'UnsupportedCache', 'check_int', 'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure',
+           'load_config', 'text_config', 'config_dtype', 'model_classes', 'check_sizes', 'model_args']
 
 # %% ../nbs/00_config.ipynb #5e626a7f
 class KVSpecError(Exception):
@@ -167,23 +167,29 @@ def model_classes(cfg: dict, origin: str = "<dict>") -> tuple[type, type]:
     return model_cls, args_cls
 
 # %% ../nbs/00_config.ipynb #4beb9e78
-_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-              "head_dim", "vocab_size", "sliding_window", "intermediate_size")
+SIZE_LIMITS = {"num_hidden_layers": 1 << 10, "num_attention_heads": 1 << 10, "num_key_value_heads": 1 << 10,
+               "head_dim": 1 << 13, "hidden_size": 1 << 17, "intermediate_size": 1 << 20, "vocab_size": 1 << 24,
+               "sliding_window": 1 << 48}  # far beyond every released model; see the prose above
 
-def check_sizes(cfg: dict, origin: str = "<dict>"):
-    "Refuse zero, negative or non-integer sizes wherever the text model's settings hold them."
+def check_sizes(cfg: dict, # a config dict (nested text_config read too)
+                origin: str = "<dict>", # where it came from, for messages
+               ):
+    "Refuse zero, negative, non-integer or absurdly large sizes wherever the text model's settings hold them."
     tc = text_config(cfg)
-    for key in _SIZE_KEYS:
+    for key, maximum in SIZE_LIMITS.items():
         v = tc.get(key)
         if v is None: continue
-        values = v if isinstance(v, list) else [v]  # some models give a size per layer (gemma3n's intermediate_size)
-        if not values or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in values):
-            raise ConfigError(f"{origin}: {key}={v!r} must be a positive integer (or a list of them)")
+        if isinstance(v, list):  # some models give a size per layer (gemma3n's intermediate_size)
+            if not v: raise ConfigError(f"{origin}: {key} is an empty list")
+            for i, x in enumerate(v): check_int(x, f"{key}[{i}]", maximum=maximum, where=origin)
+        else: check_int(v, key, maximum=maximum, where=origin)
     lt, n = tc.get("layer_types"), tc.get("num_hidden_layers")
     if lt is not None and n is not None and len(lt) != n:
         raise ConfigError(f"{origin}: layer_types has {len(lt)} entries but num_hidden_layers is {n}")
 
-def model_args(cfg: dict, origin: str = "<dict>"):
+def model_args(cfg: dict, # a config dict
+               origin: str = "<dict>", # where it came from, for messages
+              ):
     "mlx-lm's own `ModelArgs` for this config, so mlx-lm's defaults apply."
     check_sizes(cfg, origin)
     _, args_cls = model_classes(cfg, origin)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .config import KVSpecError, UnsupportedCache
+from fastcore.basics import patch
+
+from .config import KVSpecError, UnsupportedCache, check_int
 
 # %% auto #0
 __all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'InvalidChunks',
@@ -23,17 +26,18 @@ __all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAU
 class InvalidChunks(KVSpecError, ValueError):
     "A chunk list or batch size that no model call could produce."
 
-def check_chunks(chunks: Sequence[int], batch: int = 1) -> list[int]:
-    "Validated token counts of successive model calls."
-    if isinstance(chunks, int): chunks = [chunks]
+def check_chunks(chunks: Sequence[int], # token counts of successive model calls (any iterable, read once), or one count
+                 batch: int = 1, # sequences in the batch
+                ) -> list[int]:
+    "Validated token counts of successive model calls, as a list of plain ints (numpy integers accepted)."
+    if hasattr(chunks, "__index__"): chunks = [chunks]
     try: chunks = list(chunks)
     except TypeError: raise InvalidChunks(f"chunks must be a list of token counts, got {chunks!r:.40}") from None
     if not chunks: raise InvalidChunks("chunks is empty: give the token count of at least one model call")
-    bad = [c for c in chunks if isinstance(c, bool) or not isinstance(c, int) or c <= 0]
+    bad = [c for c in chunks if isinstance(c, bool) or not hasattr(c, "__index__") or operator.index(c) <= 0]
     if bad: raise InvalidChunks(f"chunk sizes must be positive integers, got {bad[:3]}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise InvalidChunks(f"batch must be a positive integer, got {batch!r}")
-    return chunks
+    check_int(batch, "batch", error=InvalidChunks)
+    return [operator.index(c) for c in chunks]
 
 # %% ../nbs/01_spec.ipynb #bb1afbd7
 def generate_chunks(prompt_tokens: int, # prompt length
@@ -41,9 +45,8 @@ def generate_chunks(prompt_tokens: int, # prompt length
                     prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
                    ) -> list[int]:
     "Token counts of the model calls `mlx_lm.generate` makes for this prompt and generation length."
-    check_chunks([prompt_tokens, prefill_step_size])
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise InvalidChunks(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+    prompt_tokens, prefill_step_size = check_chunks([prompt_tokens, prefill_step_size])
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, error=InvalidChunks)
     chunks, left = [], prompt_tokens
     while left > 1:
         chunks.append(min(prefill_step_size, left - 1)); left -= chunks[-1]
@@ -154,9 +157,12 @@ SLOTS: dict[str, Callable[[CacheSpec, Sequence[int]], list[int]]] = {
 }
 
 # %% ../nbs/01_spec.ipynb #5b1578e4
-def _nbytes_after(self: CacheSpec, chunks: Sequence[int], batch: int = 1,
-                  quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens (mlx_lm.generate's quantized_kv_start)
-                 ) -> list[int]:
+@patch
+def nbytes_after(self: CacheSpec,
+                 chunks: Sequence[int], # token counts of successive model calls
+                 batch: int = 1, # sequences in the batch
+                 quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens (mlx_lm.generate's quantized_kv_start)
+                ) -> list[int]:
     "Bytes this cache holds after each call, for `batch` sequences."
     chunks = check_chunks(chunks, batch)
     if self.kind == "composite":
@@ -174,25 +180,28 @@ def _nbytes_after(self: CacheSpec, chunks: Sequence[int], batch: int = 1,
     return [(per_slot if offset >= quantized_from else plain) * n
             for n, offset in zip(SLOTS[self.cache_class](self, chunks), itertools.accumulate(chunks))]
 
-def _nbytes(self: CacheSpec, chunks: Sequence[int], batch: int = 1, quantized_from: int = 0) -> int:
+@patch
+def nbytes(self: CacheSpec,
+           chunks: Sequence[int], # token counts of successive model calls
+           batch: int = 1, # sequences in the batch
+           quantized_from: int = 0, # as in `CacheSpec.nbytes_after`
+          ) -> int:
     "Bytes this cache holds after the model is called on `chunks`."
     return self.nbytes_after(chunks, batch, quantized_from)[-1]
 
-CacheSpec.nbytes_after, CacheSpec.nbytes = _nbytes_after, _nbytes
-
 # %% ../nbs/01_spec.ipynb #38fc4738
-def _slot_bytes(self: CacheSpec) -> int:
+@patch(as_prop=True)
+def slot_bytes(self: CacheSpec) -> int:
     "Bytes of one token slot for one sequence (0 for recurrent state)."
     if self.kind == "composite": return sum(c.slot_bytes for c in self.children)
     if self.n_kv_heads is None: return 0
     return kv_slot_bytes(self.n_kv_heads, self.k_head_dim, self.v_head_dim, self.dtype, self.bits, self.group_size)
 
-def _state_nbytes(self: CacheSpec) -> int:
+@patch(as_prop=True)
+def state_nbytes(self: CacheSpec) -> int:
     "Bytes of recurrent state for one sequence."
     if self.kind == "composite": return sum(c.state_nbytes for c in self.children)
     return _state_bytes(self)
-
-CacheSpec.slot_bytes, CacheSpec.state_nbytes = property(_slot_bytes), property(_state_nbytes)
 
 # %% ../nbs/01_spec.ipynb #b202cac5
 PATTERN_LETTERS = {"full": "F", "sliding": "S", "chunked": "C", "state": "R", "composite": "M", "unused": "-", "unknown": "?"}
@@ -246,67 +255,110 @@ class ModelCacheSpec:
 # %% ../nbs/01_spec.ipynb #72da2354
 DEFAULT_QUANTIZED_KV_START = 5000  # mlx_lm.generate.DEFAULT_QUANTIZED_KV_START
 
-def _model_nbytes_after(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> list[int]:
-    "Exact bytes of all caches after each call on token chunks of these sizes, in order."
-    return [sum(col) for col in zip(*(c.nbytes_after(chunks, batch, quantized_kv_start) for c in self.caches))]
+def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
 
-def _model_nbytes(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> int:
+@patch
+def geometries(self: ModelCacheSpec) -> list[tuple[CacheSpec, int]]:
+    "Distinct caches (layers left out) with how many there are; a cache sized by replay always stands alone."
+    counts, alone = Counter(), []
+    for c in self.caches:
+        if _replayed(c): alone.append((c, 1))
+        else: counts[dataclasses.replace(c, layers=())] += 1
+    return list(counts.items()) + alone
+
+@patch
+def nbytes_after(self: ModelCacheSpec,
+                 chunks: Sequence[int], # token counts of successive model calls
+                 batch: int = 1, # sequences in the batch
+                 quantized_kv_start: int = 0, # quantized caches hold plain K/V until this many tokens
+                ) -> list[int]:
+    "Exact bytes of all caches after each call on token chunks of these sizes, in order."
+    chunks = check_chunks(chunks, batch)  # read once: a generator is not consumed by the first cache
+    totals = [0] * len(chunks)
+    for cache, count in self.geometries():  # Gemma 3 has 48 caches but two geometries
+        for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
+    return totals
+
+# %% ../nbs/01_spec.ipynb #e0a33c7f
+@patch
+def nbytes(self: ModelCacheSpec,
+           chunks: Sequence[int], # token counts of successive model calls
+           batch: int = 1, # sequences in the batch
+           quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
+          ) -> int:
     "Exact bytes of all caches after the model is called on token chunks of these sizes, in order."
     return self.nbytes_after(chunks, batch, quantized_kv_start)[-1]
 
-def _model_peak(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> int:
+@patch
+def peak_nbytes(self: ModelCacheSpec,
+                chunks: Sequence[int], # token counts of successive model calls
+                batch: int = 1, # sequences in the batch
+                quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
+               ) -> int:
     "Largest total cache bytes after any of the calls."
     return max(self.nbytes_after(chunks, batch, quantized_kv_start))
 
-def _generate_nbytes(self: ModelCacheSpec, prompt_tokens: int, max_tokens: int = 0, batch: int = 1,
-                     prefill_step_size: int = 2048, quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START) -> tuple[int, int]:
+@patch
+def generate_nbytes(self: ModelCacheSpec,
+                    prompt_tokens: int, # prompt length
+                    max_tokens: int = 0, # tokens generated after the prompt
+                    batch: int = 1, # sequences in the batch
+                    prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+                    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # mlx_lm.generate's default
+                   ) -> tuple[int, int]:
     "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length."
     totals = self.nbytes_after(generate_chunks(prompt_tokens, max_tokens, prefill_step_size), batch, quantized_kv_start)
     return totals[-1], max(totals)
-
-ModelCacheSpec.nbytes_after = _model_nbytes_after
-ModelCacheSpec.nbytes, ModelCacheSpec.peak_nbytes, ModelCacheSpec.generate_nbytes = _model_nbytes, _model_peak, _generate_nbytes
 
 # %% ../nbs/01_spec.ipynb #f13be521
 _FRAME_FIELDS = ("kind", "cache_class", "layers", "window", "keep", "n_kv_heads", "k_head_dim", "v_head_dim",
                  "dtype", "bits", "group_size", "state_shapes")
 
-def _rows(self: ModelCacheSpec):
+@patch
+def rows(self: ModelCacheSpec) -> list[dict]:
+    "One dict per cache (CacheList members expanded as `3.0`, `3.1`, …) with its fields and per-sequence bytes."
+    out = []
     for i, c in enumerate(self.caches):
         for j, leaf in enumerate(c.children or (c,)):
             row = {"cache": f"{i}.{j}" if c.children else str(i)}
             row.update({f: getattr(leaf, f) for f in _FRAME_FIELDS})
             row["layers"] = ",".join(map(str, leaf.layers))
             row["slot_bytes"], row["state_bytes"] = leaf.slot_bytes, leaf.state_nbytes
-            yield row
+            out.append(row)
+    return out
 
-def _to_frame(self: ModelCacheSpec):
+@patch
+def to_frame(self: ModelCacheSpec):
     "One row per cache (CacheList members expanded), as a pandas DataFrame."
     import pandas as pd
-    df = pd.DataFrame(list(_rows(self))).set_index("cache")
+    df = pd.DataFrame(self.rows()).set_index("cache")
     for col in ("window", "n_kv_heads", "k_head_dim", "v_head_dim", "bits", "group_size"):
         df[col] = df[col].astype("Int64")  # integers with gaps, not floats with NaN
     return df
 
-def _summary(self: ModelCacheSpec) -> str:
+# %% ../nbs/01_spec.ipynb #660d5441
+@patch
+def summary(self: ModelCacheSpec) -> str:
+    "One line: caches by kind, layers, pattern, KV heads, head dims, windows and the dtype sized."
     kinds = ", ".join(f"{n} {k}" for k, n in self.kinds().items())
     return (f"{self.model_type}: {len(self.caches)} caches ({kinds}) for {self.num_layers} layers, "
             f"pattern {self.pattern}, kv heads {self.num_kv_heads}, head_dim {self.head_dim}, "
             f"sliding window {self.sliding_window}, {self.dtype}")
 
-def _repr(self: ModelCacheSpec) -> str: return f"ModelCacheSpec({_summary(self)})"
+@patch
+def __repr__(self: ModelCacheSpec) -> str: return f"ModelCacheSpec({self.summary()})"
 
 def markdown_table(df) -> str:
     "A DataFrame as a GitHub markdown table, index included (no tabulate needed)."
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
     import pandas as pd
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
     fmt = lambda v: "" if v is None or (not isinstance(v, tuple) and pd.isna(v)) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in (i, *row)) + " |" for i, row in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines)
 
+@patch
 def _repr_markdown_(self: ModelCacheSpec) -> str:
+    "Jupyter's rich display: the summary line, the notes and the table."
     notes = "".join(f"\n- {n}" for n in self.notes)
-    return f"**{_summary(self)}**{notes}\n\n" + markdown_table(self.to_frame())
-
-ModelCacheSpec.to_frame, ModelCacheSpec.__repr__, ModelCacheSpec._repr_markdown_ = _to_frame, _repr, _repr_markdown_
+    return f"**{self.summary()}**{notes}\n\n" + markdown_table(self.to_frame())
