@@ -134,9 +134,10 @@ def _renumber(spec: ModelCacheSpec, positions: list, size: int) -> ModelCacheSpe
 def rank_spec(config, # a config dict, config.json, model directory, preset name or hub id
               *, tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0,
               dtype: str | None = None, kv_bits: int | None = None, kv_group_size: int = 64, max_kv_size: int | None = None,
+              origin: str | None = None, # where a config dict came from, for messages
              ) -> RankSpec:
     "The caches and weights mlx-lm's own sharding gives one rank, built without weights or a process group."
-    cfg, origin = load_config(config)
+    cfg, origin = load_config(config, origin)
     check_ranks(tp_size, tp_rank, pp_size, pp_rank, origin)
     if dtype is None: dtype, _ = config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
