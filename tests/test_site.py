@@ -94,7 +94,8 @@ def link_problems(site, page, href):
     if ':' in path or href.startswith('//'): return []  # another site (https:, mailto:, data:)
     target = ((site / page).parent / path).resolve() if path else (site / page)
     if not target.is_file(): return [f'broken link {href}']
-    if frag and urllib.parse.unquote(frag) not in element_ids(target): return [f'dangling anchor {href}: {target.relative_to(site)} has no id "{frag}"']
+    ids = element_ids(target)  # as browsers look it up (HTML spec): the fragment as written, then percent-decoded
+    if frag and frag not in ids and urllib.parse.unquote(frag) not in ids: return [f'dangling anchor {href}: {target.relative_to(site)} has no id "{frag}"']
     return []
 
 

@@ -11,7 +11,9 @@ passed with `--flags`, `#| eval: false` cells never run; skipped cells keep thei
 Quarto cell options nbdev leaves behind (`echo`, `output`, `include`) are applied, and nbconvert's
 JupyterLab HTML template renders each page with a sidebar. Every page is self-contained (inline CSS,
 figures as data: URIs). `--no-exec` renders stored outputs (only `show_doc` cells run, as in `nbdev_docs`).
-A notebook that fails to execute fails the build, naming the notebook and the cell.
+A notebook that fails to execute fails the build, naming the notebook and the cell. `<out>/executed.json` records
+which notebooks ran without error and a fingerprint of the tree they ran in (`tree_fingerprint`): tests/test_notebooks.py
+does not run them a second time in that same tree (CI builds the site, then runs the tests).
 """
 import argparse, html, json, os, re, shutil, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +24,24 @@ GROUPS = {'': '', 'models': 'Models', 'experiments': 'Experiments'}  # sidebar o
 
 
 class NotebookError(Exception): pass
+
+
+def tree_fingerprint(root=ROOT):
+    """sha256 of everything a notebook run could read: each tracked or untracked-but-not-ignored file's path and content
+    (git ls-files), and the Python, mlx, mlx-lm, nbdev and execnb versions; None outside a git checkout"""
+    import hashlib, platform, subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    try: files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError): return None
+    h = hashlib.sha256(f'{sys.version} {platform.platform()}'.encode())
+    for pkg in ('mlx', 'mlx-lm', 'nbdev', 'execnb', 'fastcore'):
+        try: h.update(f'{pkg}={version(pkg)}'.encode())
+        except PackageNotFoundError: h.update(f'{pkg}=none'.encode())
+    for f in sorted(set(files.decode().split('\0')) - {''}):
+        p = Path(root) / f
+        h.update(f.encode() + b'\0')
+        if p.is_file(): h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def find_notebooks(nbs):
@@ -263,7 +283,13 @@ def fix_anchors(body, page, ids):
         target = os.path.normpath(target).replace(os.sep, '/')
         if target not in ids: return m[0]
         return f'href="{path}#{resolve_anchor(html.unescape(frag), ids[target])}"'
-    return _re_href.sub(fix, body)
+    def private(m):  # nbdev links every name in _modidx, `_private` ones too, but documents none of them: plain code
+        path, frag, inner = m.groups()
+        target = os.path.normpath((Path(page).parent / path).as_posix() if path else page).replace(os.sep, '/')
+        return inner if target in ids and resolve_anchor(html.unescape(frag), ids[target]) not in ids[target] else m[0]
+    return _re_href.sub(fix, _re_private.sub(private, body))
+
+_re_private = re.compile(r'<a href="([^":"#]*)#(_[^"]*)">(<code>[^<]*</code>)</a>')
 
 
 SOURCE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} – {site}</title>
@@ -309,6 +335,7 @@ def main(argv=None):
     ap.add_argument('--workers', type=int, default=min(os.cpu_count() or 1, 4), help='notebooks executed in parallel')
     a = ap.parse_args(argv)
     nbs, out, t0 = Path(a.nbs).resolve(), Path(a.out).resolve(), time.time()
+    fingerprint = tree_fingerprint() if not a.no_exec and nbs == ROOT / 'nbs' else None  # the tree before anything ran
     files = find_notebooks(nbs)
     if a.only is not None: files = [f for f in files if any(f.relative_to(nbs).match(g) for g in a.only)]
     if not files: sys.exit(f'No notebooks found in {nbs}')
@@ -332,6 +359,10 @@ def main(argv=None):
     render_site(pages, out, cfg.get('title', cfg.lib_name), cfg.get('doc_host', '') + cfg.get('doc_baseurl', ''),
                 cfg.get('git_url', ''), cfg.get('branch', 'main'), a.source_links)
     (out / '.nojekyll').touch()
+    if fingerprint:  # tests/test_notebooks.py skips what ran here without error, if the tree is still the same
+        skipped = sorted(set(cfg.get('tst_flags', '').split()) - set(a.flags.split()))
+        (out / 'executed.json').write_text(json.dumps(dict(tree=fingerprint, skipped_flags=skipped, notebooks={
+            Path(p['path']).relative_to(nbs).as_posix(): round(p['secs'], 1) for p in pages}), indent=1))
     print(f'Built {len(pages)} pages in {out} in {time.time() - t0:.1f}s')
 
 
