@@ -1,6 +1,8 @@
 """Benchmarks of kvspec.pool / kvspec.store: allocate+free throughput, gather bandwidth, capacity, waste.
 
-Run: .venv/bin/python bench/bench_pool.py   (writes bench/results/pool.json; about a minute on 2 cores)
+Run: .venv/bin/python bench/bench_pool.py   (writes bench/results/pool.json, then re-executes
+nbs/experiments/pool_benchmarks.ipynb so the docs show these results; about a minute on 2 cores).
+`--render` only re-executes the notebook from the JSON already there.
 Timings are medians of REPEATS runs; nothing here is asserted.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kvspec.store import PoolStore
 REPEATS = 7
 GiB = 1 << 30
 OUT = Path(__file__).parent / "results" / "pool.json"
+NOTEBOOK = Path(__file__).parent.parent / "nbs" / "experiments" / "pool_benchmarks.ipynb"
 
 def median_time(f, repeats=REPEATS):
     times = []
@@ -127,5 +130,17 @@ def main():
     OUT.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 
+def render():
+    "Re-execute the benchmark page (its cells only read the JSON) and store its outputs, so the docs show the latest run."
+    from execnb.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    nb, cwd = read_nb(NOTEBOOK), os.getcwd()
+    os.chdir(NOTEBOOK.parent)
+    try: CaptureShell().run_all(nb, exc_stop=True)
+    finally: os.chdir(cwd)
+    write_nb(nb, NOTEBOOK)
+    print(f"rendered {NOTEBOOK}")
+
 if __name__ == "__main__":
-    main()
+    if "--render" not in sys.argv[1:]: main()
+    render()

@@ -8,17 +8,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from fastcore.basics import patch
+
 import mlx.core as mx
 from mlx_lm.models import cache as mlx_cache
 
-from .config import (CACHE_DTYPES, ConfigError, UnsupportedCache, config_dtype, load_config,
+from .config import (CACHE_DTYPES, ConfigError, UnsupportedCache, check_int, config_dtype, load_config,
                            text_config)
 from .detect import detect
 from .probe import LazyReplay, cache_spec, model_layers, probe_caches, quantize_caches, weightless_model
 from .spec import ModelCacheSpec, check_chunks
 
 # %% auto #0
-__all__ = ['from_config', 'from_pretrained', 'from_model', 'measured_nbytes', 'tiny_config']
+__all__ = ['measured_nbytes']
 
 # %% ../nbs/04_build.ipynb #9db63f46
 def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits=None, kv_group_size=64, dtype=None):
@@ -50,18 +52,20 @@ def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits
 # %% ../nbs/04_build.ipynb #bb844e24
 def _check_options(origin: str, **options):
     for name, v in options.items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise ConfigError(f"{origin}: {name}={v!r} must be a positive integer")
+        if v is not None: check_int(v, name, where=origin)
 
-@classmethod
-def from_config(cls, config: dict | str, *,
+@patch(cls_method=True)
+def from_config(cls: ModelCacheSpec,
+                config: dict | str, # a config dict, a config.json, a directory, a preset name or a hub id
+                *,
                 dtype: str | None = None,       # activation/cache dtype; default: the config's torch_dtype
                 kv_bits: int | None = None,     # quantize KV as mlx_lm.generate(kv_bits=...) does
-                kv_group_size: int = 64,
+                kv_group_size: int = 64,        # values per quantization group
                 max_kv_size: int | None = None, # as make_prompt_cache(model, max_kv_size)
+                origin: str | None = None,      # where a config dict came from (a path), named in every message
                ) -> ModelCacheSpec:
     "The exact cache spec of the model a config describes, built without weights."
-    cfg, origin = load_config(config)
+    cfg, origin = load_config(config, origin)
     if dtype is None: dtype, _ = config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
     _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
@@ -69,14 +73,23 @@ def from_config(cls, config: dict | str, *,
     return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits,
                             kv_group_size=kv_group_size, dtype=dtype)
 
-@classmethod
-def from_pretrained(cls, name_or_path: str, **kwargs) -> ModelCacheSpec:
+# %% ../nbs/04_build.ipynb #76f37173
+@patch(cls_method=True)
+def from_pretrained(cls: ModelCacheSpec,
+                    name_or_path: str, # a model directory, a config.json, a bundled preset name or a hub repo id
+                    **kwargs, # as for `ModelCacheSpec.from_config`
+                   ) -> ModelCacheSpec:
     "Spec for a local model directory, a bundled preset name, or a hub repo id (config.json only is fetched)."
     return cls.from_config(name_or_path, **kwargs)
 
-@classmethod
-def from_model(cls, model, *, kv_bits: int | None = None, kv_group_size: int = 64,
-               max_kv_size: int | None = None) -> ModelCacheSpec:
+@patch(cls_method=True)
+def from_model(cls: ModelCacheSpec,
+               model, # an mlx-lm model, with weights or without
+               *,
+               kv_bits: int | None = None,     # quantize KV as mlx_lm.generate(kv_bits=...) does
+               kv_group_size: int = 64,        # values per quantization group
+               max_kv_size: int | None = None, # as make_prompt_cache(model, max_kv_size)
+              ) -> ModelCacheSpec:
     "Spec of an mlx-lm model object, loaded with weights or built without (nothing is evaluated; its dtype is its own)."
     origin = f"model {type(model).__module__}"
     _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
@@ -84,8 +97,6 @@ def from_model(cls, model, *, kv_bits: int | None = None, kv_group_size: int = 6
     cfg = dataclasses.asdict(args) if dataclasses.is_dataclass(args) else {}
     cfg.setdefault("model_type", getattr(model, "model_type", None) or type(model).__module__.split(".")[-1])
     return _spec_from_built(model, cfg, origin=origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)
-
-ModelCacheSpec.from_config, ModelCacheSpec.from_pretrained, ModelCacheSpec.from_model = from_config, from_pretrained, from_model
 
 # %% ../nbs/04_build.ipynb #e5d2fd8a
 def measured_nbytes(model, chunks: Sequence[int], batch: int = 1, cache=None, seed: int = 0,
@@ -102,25 +113,3 @@ def measured_nbytes(model, chunks: Sequence[int], batch: int = 1, cache=None, se
         if evaluate: mx.eval(logits, [c.state for c in cache])
         out.append(sum(c.nbytes for c in cache))
     return out
-
-# %% ../nbs/04_build.ipynb #349f1790
-_TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-             vocab_size=128, rms_norm_eps=1e-6, torch_dtype="float32")
-
-def tiny_config(model_type: str) -> dict:
-    "A small config of a family we ship presets for, structured like the real one."
-    t = dict(_TINY, model_type=model_type, num_hidden_layers=4)
-    if model_type == "qwen2_moe":
-        t.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
-                 decoder_sparse_step=1, sliding_window=8, use_sliding_window=False)
-    if model_type == "gemma3_text":
-        t.update(num_hidden_layers=6, head_dim=32, sliding_window=8, sliding_window_pattern=3, query_pre_attn_scalar=32)
-    if model_type == "gemma3":
-        inner = tiny_config("gemma3_text")
-        t = dict(model_type="gemma3", vocab_size=128, torch_dtype="float32",
-                 text_config={k: v for k, v in inner.items() if k not in ("torch_dtype",)},
-                 vision_config={})
-    if model_type == "gpt_oss":
-        t.update(num_hidden_layers=4, head_dim=32, sliding_window=8, num_local_experts=4, experts_per_token=2,
-                 layer_types=["sliding_attention", "full_attention"] * 2, intermediate_size=64)
-    return t

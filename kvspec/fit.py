@@ -29,9 +29,12 @@ from .plan import format_bytes, parse_bytes
 import kvspec.build  # noqa: F401  (adds from_config to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITIZE_TIES', 'WeightsError', 'check_quant_params',
-           'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec', 'weights_from_model',
-           'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights']
+__all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITIZE_TIES', 'APPLE_SILICON_GIB',
+           'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'WeightsError',
+           'check_quant_params', 'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec',
+           'weights_from_model', 'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights', 'MachineMemory',
+           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
+           'peak_total_nbytes', 'fit']
 
 # %% ../nbs/10_fit.ipynb #f7c1fc02
 class WeightsError(ConfigError):
@@ -256,3 +259,175 @@ def __repr__(self: WeightsSpec) -> str:
 def _repr_markdown_(self: WeightsSpec) -> str:
     rows = "\n".join(f"| {r.part} | {format_bytes(r.nbytes)} | {r.tensors} | {r.dtypes} |" for r in self.to_frame().itertuples())
     return f"**{repr(self)}**\n\n| part | bytes | tensors | dtypes |\n|---|---|---|---|\n{rows}"
+
+# %% ../nbs/10_fit.ipynb #4935b3d8
+@dataclass(frozen=True, kw_only=True)
+class MachineMemory:
+    "Bytes to plan against and where the number came from."
+    nbytes: int
+    source: str
+    total_nbytes: int | None = None   # all of the machine's memory, where known
+
+def machine_memory(memory: int | str | None = None, # a size to plan for instead ("16GiB", "64 GB", bytes)
+                  ) -> MachineMemory:
+    "The memory mlx can use here: Metal's recommended working set on Apple silicon, else the RAM; or `memory`."
+    if memory is not None: return MachineMemory(nbytes=parse_bytes(memory), source="given")
+    ram = None
+    try: ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError): pass
+    if mx.metal.is_available():
+        info = mx.device_info()
+        if (ws := info.get("max_recommended_working_set_size")):
+            return MachineMemory(nbytes=int(ws), total_nbytes=info.get("memory_size", ram),
+                                 source="Metal's recommended working set (mx.device_info), which follows iogpu.wired_limit_mb")
+    if ram: return MachineMemory(nbytes=ram, total_nbytes=ram, source=f"RAM (os.sysconf, {platform.system()})")
+    raise KVSpecError("cannot tell this machine's memory: give it, e.g. memory='16GiB' (--memory 16GiB)")
+
+# %% ../nbs/10_fit.ipynb #010c6b7a
+APPLE_SILICON_GIB = (8, 16, 18, 24, 32, 36, 48, 64, 96, 128, 192, 256, 512)
+REPORTED_WORKING_SET_GIB = {16: 11.84, 24: 17.76, 128: 107.52}  # read from Metal, see the prose above
+
+def default_working_set(memory_gib: int) -> int:
+    "Bytes of the GPU working set macOS 13–14 gave a Mac with `memory_gib` GiB: 2/3 up to 36 GiB, 3/4 above."
+    n = check_int(memory_gib, "memory_gib") * 2**30
+    return n * 2 // 3 if memory_gib <= 36 else n * 3 // 4
+
+def apple_silicon_table():
+    "Common Apple-silicon memory sizes, their default GPU working set (older rule) and readings where known."
+    import pandas as pd
+    return pd.DataFrame([{"memory_gib": g, "working_set_gib": round(default_working_set(g) / 2**30, 2),
+                          "reported_gib": REPORTED_WORKING_SET_GIB.get(g)} for g in APPLE_SILICON_GIB]).set_index("memory_gib")
+
+# %% ../nbs/10_fit.ipynb #537ce159
+RESERVE_MARGIN = 1.25  # over the formula below; measured CPU runs reach 0.77-0.83 of the result
+
+def _size(tc: dict, *keys, default: int = 0) -> int:
+    for k in keys:
+        v = tc.get(k)
+        if isinstance(v, list): v = max((x for x in v if isinstance(x, int)), default=None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
+    return default
+
+def forward_reserve_nbytes(cfg: dict, # the model's config
+                           spec: ModelCacheSpec, # its cache spec (which layers attend to how much, the dtype)
+                           context: int, # tokens attended to by the last chunk
+                           batch: int = 1, prefill_step: int = 2048,
+                          ) -> int:
+    "Transient bytes of the largest prefill chunk's forward pass (activations, attention scores, logits), with a margin."
+    tc, item = text_config(cfg), mx.zeros((), getattr(mx, spec.dtype)).itemsize
+    hidden, heads, vocab = _size(tc, "hidden_size", "d_model"), _size(tc, "num_attention_heads", "n_heads"), _size(tc, "vocab_size")
+    moe = _size(tc, "moe_intermediate_size") * _size(tc, "num_experts_per_tok", "experts_per_token", "top_k")
+    inter = max(_size(tc, "intermediate_size", "ffn_dim", default=4 * hidden), moe + _size(tc, "shared_expert_intermediate_size"))
+    n = min(prefill_step, context)
+    def attended(l): return context if l.kind == "full" else min(context, (l.window or context) + n)
+    att = max((attended(l) for l in spec.leaves() if l.k_head_dim), default=0)
+    head_dim = max((l.k_head_dim for l in spec.leaves() if l.k_head_dim), default=0)
+    total = batch * (n * item * (16 * hidden + 3 * inter + heads * att) + 2 * heads * att * head_dim * item + 8 * vocab)
+    return int(total * RESERVE_MARGIN)
+
+# %% ../nbs/10_fit.ipynb #dcc6d9f5
+MAX_FIT_BATCH = 1 << 16   # the batch search stops here
+MAX_FIT_CONTEXT = 1 << 24 # ... and the context search here (16,777,216 tokens)
+
+@dataclass(frozen=True, kw_only=True)
+class Fit:
+    "Will `model` at `context_tokens` × `batch` fit in `memory_nbytes`? Every figure in bytes, at the prefill peak."
+    model: str
+    context_tokens: int
+    batch: int
+    kv_bits: int | None
+    prefill_step: int
+    max_tokens: int
+    weights_nbytes: int
+    kv_nbytes: int          # caches after the run
+    kv_peak_nbytes: int     # caches at their largest (during prefill)
+    reserve_nbytes: int     # forward-pass transient (forward_reserve_nbytes)
+    memory_nbytes: int
+    memory_source: str
+    max_context_tokens: int # longest context (prompt, with max_tokens generated after it) that fits at `batch`
+    max_batch: int          # largest batch that fits at `context_tokens`
+    prompt_cache_bytes: int # left for mlx_lm.server's prompt cache
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total_peak_nbytes(self) -> int: return self.weights_nbytes + self.kv_peak_nbytes + self.reserve_nbytes
+    @property
+    def fits(self) -> bool: return self.total_peak_nbytes <= self.memory_nbytes
+
+# %% ../nbs/10_fit.ipynb #7b6c1280
+def _largest(ok, limit: int) -> int:
+    "Largest n in [1, limit] with ok(n), for ok monotone (true then false); 0 if not even ok(1)."
+    if not ok(1): return 0
+    lo, hi = 1, 2
+    while hi < limit and ok(hi): lo, hi = hi, hi * 2
+    if hi >= limit:
+        if ok(limit): return limit
+        hi = limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+def peak_total_nbytes(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, context: int, batch: int = 1,
+                      prefill_step: int = 2048, max_tokens: int = 0) -> tuple[int, int, int]:
+    "(kv steady, kv peak, reserve) bytes of one `mlx_lm.generate` run of `batch` × `context` tokens."
+    steady, peak = spec.generate_nbytes(context, max_tokens, batch, prefill_step)
+    return steady, peak, forward_reserve_nbytes(cfg, spec, context + max_tokens, batch, prefill_step)
+
+# %% ../nbs/10_fit.ipynb #78ad3d58
+def fit(model, # a preset name, config.json, model directory, config dict or hub id
+        *, memory: int | str | None = None, # the memory to plan against (default: this machine's, see machine_memory)
+        context: int, # prompt tokens per sequence
+        batch: int = 1, # sequences generated together (one batched cache)
+        kv_bits: int | None = None, # quantized KV, as mlx_lm.generate(kv_bits=...)
+        prefill_step: int = 2048, # mlx_lm.generate's prefill_step_size
+        max_tokens: int = 0, # tokens generated after the prompt
+        dtype: str | None = None, # weights and activations (default: the config's torch_dtype)
+       ) -> Fit:
+    "Whether the model, at this context and batch, fits in memory — and the longest context and largest batch that do."
+    context = check_int(context, "context", maximum=MAX_FIT_CONTEXT, error=KVSpecError)
+    batch = check_int(batch, "batch", maximum=MAX_FIT_BATCH, error=KVSpecError)
+    prefill_step = check_int(prefill_step, "prefill_step", maximum=MAX_FIT_CONTEXT, error=KVSpecError)
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_FIT_CONTEXT, error=KVSpecError)
+    if kv_bits is not None: kv_bits = check_int(kv_bits, "kv_bits", maximum=8, error=KVSpecError)
+    mem = machine_memory(memory)
+    cfg, origin = load_config(model)
+    w = weights(cfg if isinstance(model, dict) else model, dtype=dtype)
+    spec = ModelCacheSpec.from_config(cfg if isinstance(model, dict) else model, dtype=dtype, kv_bits=kv_bits)
+    total = lambda c, b: w.nbytes + sum(peak_total_nbytes(cfg, spec, w.nbytes, c, b, prefill_step, max_tokens)[1:])
+    steady, peak, reserve = peak_total_nbytes(cfg, spec, w.nbytes, context, batch, prefill_step, max_tokens)
+    longest = _largest(lambda c: total(c, batch) <= mem.nbytes, MAX_FIT_CONTEXT)
+    widest = _largest(lambda b: total(context, b) <= mem.nbytes, MAX_FIT_BATCH)
+    notes = [f"memory: {mem.source}", f"weights: {repr(w)}",
+             "reserve: sized on mlx's CPU backend, where attention materialises its scores; Metal's fused attention needs less"]
+    if longest == MAX_FIT_CONTEXT: notes.append(f"the context search stops at {MAX_FIT_CONTEXT:,} tokens")
+    return Fit(model=origin, context_tokens=context, batch=batch, kv_bits=kv_bits, prefill_step=prefill_step,
+               max_tokens=max_tokens, weights_nbytes=w.nbytes, kv_nbytes=steady, kv_peak_nbytes=peak, reserve_nbytes=reserve,
+               memory_nbytes=mem.nbytes, memory_source=mem.source, max_context_tokens=longest, max_batch=widest,
+               prompt_cache_bytes=max(0, mem.nbytes - w.nbytes - peak - reserve), notes=tuple(notes))
+
+# %% ../nbs/10_fit.ipynb #2ff01796
+@patch
+def to_dict(self: Fit) -> dict:
+    "The fit as plain data, with the total and the verdict."
+    return {**dataclasses.asdict(self), "notes": list(self.notes), "total_peak_nbytes": self.total_peak_nbytes, "fits": self.fits}
+
+@patch
+def lines(self: Fit) -> list[str]:
+    "The answer, one line per question."
+    b, kv = self.batch, f"{self.kv_bits}-bit KV" if self.kv_bits else "KV"
+    return [f"{'fits' if self.fits else 'does NOT fit'}: {format_bytes(self.weights_nbytes)} weights + "
+            f"{format_bytes(self.kv_peak_nbytes)} {kv} peak + {format_bytes(self.reserve_nbytes)} forward reserve = "
+            f"{format_bytes(self.total_peak_nbytes)} of {format_bytes(self.memory_nbytes)} ({self.memory_source})",
+            f"{self.model}, context {self.context_tokens:,}" + (f" + {self.max_tokens:,} generated" if self.max_tokens else "")
+            + f", batch {b}",
+            f"longest context at batch {b}: {self.max_context_tokens:,} tokens",
+            f"largest batch at {self.context_tokens:,} tokens: {self.max_batch:,}",
+            f"mlx_lm.server --prompt-cache-bytes {self.prompt_cache_bytes} --decode-concurrency {max(1, self.max_batch)}; "
+            f"mlx_lm.generate --max-kv-size {self.max_context_tokens}"]
+
+@patch
+def __repr__(self: Fit) -> str: return "\n".join(self.lines())
+
+@patch
+def _repr_markdown_(self: Fit) -> str: return "\n".join(f"- {l}" if i else f"**{l}**" for i, l in enumerate(self.lines()))

@@ -8,19 +8,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 from fastcore.basics import patch
 
 from .config import ConfigError, KVSpecError, UnsupportedCache, check_int, load_config, text_config
-from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, CacheSpec, ModelCacheSpec, generate_chunks, kv_slot_bytes
+from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, ModelCacheSpec, kv_slot_bytes
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
 __all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
-           'sequence_nbytes', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context',
-           'Plan', 'below_note', 'plan']
+           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'below_note',
+           'plan']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -65,28 +64,6 @@ def format_budget(n: int) -> str:
         if n >= size: return f"{format_bytes(n)} ({n / size:.2f} {unit})"
     return format_bytes(n)
 
-# %% ../nbs/08_plan.ipynb #009a07bc
-def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
-
-def _geometries(spec: ModelCacheSpec) -> list[tuple[CacheSpec, int]]:
-    "Distinct caches with how many there are; a cache sized by replay always stands alone."
-    counts, alone = Counter(), []
-    for c in spec.caches:
-        if _replayed(c): alone.append((c, 1))
-        else: counts[dataclasses.replace(c, layers=())] += 1
-    return list(counts.items()) + alone
-
-def sequence_nbytes(spec: ModelCacheSpec, context: int, prefill_step: int = 2048,
-                    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # quantized caches stay plain until they hold this many tokens
-                    batch: int = 1, # sequences in one batched cache
-                   ) -> tuple[int, int]:
-    "(steady, peak) cache bytes of `batch` sequences holding `context` tokens, fed as `mlx_lm.generate` feeds them."
-    chunks = generate_chunks(context, 0, prefill_step)
-    totals = [0] * len(chunks)
-    for cache, count in _geometries(spec):
-        for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
-    return totals[-1], max(totals)
-
 # %% ../nbs/08_plan.ipynb #c3cb2bc3
 def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
     "Bytes of one sequence if every layer were full attention with its true dims (no windows, no padding); None without dims."
@@ -114,7 +91,8 @@ REPLAY_CONTEXT_TOKENS = 1 << 17  # 131,072: ... or here, for a spec with a cache
 
 def context_limit(spec: ModelCacheSpec) -> int:
     "Context (tokens) at which the longest-context search stops for `spec`."
-    return REPLAY_CONTEXT_TOKENS if any(map(_replayed, spec.caches)) else MAX_CONTEXT_TOKENS
+    replayed = any(c.replay is not None for c in (*spec.caches, *spec.leaves()))
+    return REPLAY_CONTEXT_TOKENS if replayed else MAX_CONTEXT_TOKENS
 
 def _count(v, name: str, minimum: int = 1) -> int:
     "`check_int`, after reading ASCII decimal text as a number (not isdigit: '²' is a digit that int() refuses)."
@@ -129,8 +107,8 @@ def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step
             ) -> int:
     "How many sequences of `context` tokens fit in `budget` bytes of KV cache."
     budget, context, batch = parse_bytes(budget), _count(context, "context"), _count(batch, "batch")
-    steady, peak = sequence_nbytes(spec, context, _count(prefill_step, "prefill_step"),
-                                   _count(quantized_kv_start, "quantized_kv_start", 0), batch)
+    steady, peak = spec.generate_nbytes(context, 0, batch, _count(prefill_step, "prefill_step"),
+                                        _count(quantized_kv_start, "quantized_kv_start", 0))
     per = peak if at_peak else steady
     return budget // per * batch if per else 0
 
@@ -146,7 +124,8 @@ def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, pre
     limit = context_limit(spec) if limit is None else _count(limit, "limit")
     batch = _count(batch, "batch")
     batches = -(-sequences // batch)  # sequences are cached in this many batches
-    fits = lambda c: batches * sequence_nbytes(spec, c, prefill_step, quantized_kv_start, batch)[1] <= budget
+    prefill_step = _count(prefill_step, "prefill_step")
+    fits = lambda c: batches * spec.generate_nbytes(c, 0, batch, prefill_step, quantized_kv_start)[1] <= budget
     if not fits(1): return 0
     lo, hi = 1, 2
     while hi < limit and fits(hi): lo, hi = hi, hi * 2
@@ -252,7 +231,7 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
                                                                           (sequences, "sequences"), (batch, "batch")))
     qstart = _count(quantized_kv_start, "quantized_kv_start", 0)
     spec, name, cfg = _spec_for(model, dtype, kv_bits, max_kv_size)
-    steady, peak = sequence_nbytes(spec, context, prefill_step, qstart, batch)
+    steady, peak = spec.generate_nbytes(context, 0, batch, prefill_step, qstart)
     limit = context_limit(spec)
     longest = max_context(spec, budget, sequences, prefill_step, limit, qstart, batch)
     kv_dtype = next((l.dtype for l in spec.leaves() if l.k_head_dim and l.dtype), "bfloat16")

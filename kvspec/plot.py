@@ -5,7 +5,6 @@
 # %% ../nbs/07_plot.ipynb #2a70d5f6
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from typing import Sequence
 
@@ -61,7 +60,7 @@ def memory_by_kind(spec: ModelCacheSpec, contexts: Sequence[int], prefill_step: 
                   ):
     "Bytes per cache kind (one sequence) at each context, with the total and the naive all-full estimate."
     import pandas as pd
-    groups = Counter(dataclasses.replace(c, layers=()) for c in spec.caches)
+    groups = dict(spec.geometries())  # each distinct cache once, with how many there are
     rows = []
     for ctx in contexts:
         chunks = generate_chunks(ctx, 0, prefill_step)

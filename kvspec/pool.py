@@ -5,11 +5,9 @@
 # %% ../nbs/05_pool.ipynb #cd711d54
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import operator
 import threading
 from array import array
 from collections import OrderedDict
@@ -17,13 +15,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, NamedTuple, Sequence
 
-from .config import KVSpecError, UnsupportedCache
+from fastcore.basics import patch
+
+from .config import KVSpecError, UnsupportedCache, check_int
 from .spec import CacheSpec, ModelCacheSpec
 
 # %% auto #0
 __all__ = ['MAX_BLOCKS', 'PoolError', 'PoolExhausted', 'spec_fingerprint', 'fingerprint_digest', 'BlockGroup', 'group_key',
-           'seq_need_bytes', 'plan_groups', 'chain_hashes', 'BlockPool', 'table', 'admit', 'extend', 'share', 'free',
-           'fork', 'can_fit', 'prefix_tokens', 'stats', 'check']
+           'seq_need_blocks', 'seq_need_bytes', 'plan_groups', 'parse_tokens', 'chain_hashes', 'BlockPool']
 
 # %% ../nbs/05_pool.ipynb #97efeab6
 class PoolError(KVSpecError, ValueError):
@@ -66,6 +65,7 @@ class BlockGroup:
         lo = max(0, num_tokens - self.window) // block_tokens if self.window else 0
         return -(-num_tokens // block_tokens) - lo
 
+# %% ../nbs/05_pool.ipynb #8ddaba3c
 def group_key(c: CacheSpec) -> tuple[str, int | None] | None:
     "The token policy a cache shares with others in one block group (None: a cache no layer writes needs no blocks)."
     if c.kind == "unused": return None
@@ -76,12 +76,27 @@ def group_key(c: CacheSpec) -> tuple[str, int | None] | None:
     if c.kind == "state": return ("state", None)
     raise UnsupportedCache(f"cannot pool a {c.kind} cache ({c.cache_class}): {c.note or 'no token policy'}")
 
-def seq_need_bytes(kind, window, block_bytes, context_tokens, block_tokens):
-    g = BlockGroup(name="", kind=kind, window=window, leaves=(), block_bytes=block_bytes, num_blocks=0)
-    worst = g.blocks_for(context_tokens, block_tokens)
-    if window: worst = min(-(-context_tokens // block_tokens), -(-window // block_tokens) + 1)
-    return worst * block_bytes
+# %% ../nbs/05_pool.ipynb #9f0c59fd
+def seq_need_blocks(kind: str, # full | sliding | chunked | state
+                    window: int | None, # tokens a sliding/chunked cache keeps
+                    context_tokens: int, # the longest sequence
+                    block_tokens: int, # token slots per block
+                   ) -> int:
+    "Most blocks one sequence of up to `context_tokens` holds at once in a group of this kind."
+    if kind == "state": return 1
+    blocks = -(-context_tokens // block_tokens)
+    return min(blocks, -(-window // block_tokens) + 1) if window else blocks
 
+def seq_need_bytes(kind: str, # full | sliding | chunked | state
+                   window: int | None, # tokens a sliding/chunked cache keeps
+                   block_bytes: int, # bytes of one block of the group
+                   context_tokens: int, # the longest sequence
+                   block_tokens: int, # token slots per block
+                  ) -> int:
+    "Most bytes one sequence of up to `context_tokens` holds at once in a group of this kind."
+    return seq_need_blocks(kind, window, context_tokens, block_tokens) * block_bytes
+
+# %% ../nbs/05_pool.ipynb #f01f13e6
 def _check_split(split, names: list[str]) -> None:
     "A caller's split: exactly the group names, each a finite share >= 0, summing to at most 1."
     if not isinstance(split, dict) or set(split) != set(names):
@@ -97,7 +112,13 @@ def _share_bytes(budget_bytes: int, share: float) -> int:
     try: return int(budget_bytes * share)
     except OverflowError: return int(Fraction(budget_bytes) * Fraction(share))
 
-def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, split=None) -> tuple[BlockGroup, ...]:
+# %% ../nbs/05_pool.ipynb #91c07445
+def plan_groups(spec: ModelCacheSpec, # the model's caches
+                budget_bytes: int, # bytes shared by all groups
+                block_tokens: int = 256, # token slots per block
+                context_tokens: int = 32768, # context the default split is balanced for
+                split: dict[str, float] | None = None, # group name → share of the budget
+               ) -> tuple[BlockGroup, ...]:
     "Block groups of a spec, each given its share of `budget_bytes`; every group gets at least one block or this raises."
     leaves = spec.leaves()
     keys = {}
@@ -123,15 +144,12 @@ def plan_groups(spec, budget_bytes, block_tokens=256, context_tokens=32768, spli
 
 # %% ../nbs/05_pool.ipynb #ce7294fc
 def _count(name: str, v) -> int:
-    "A non-negative integer count (bool refused)."
+    "A non-negative integer count: `check_int` with minimum 0, plain ints let through first (the hot paths)."
     if type(v) is int and v >= 0: return v
-    if isinstance(v, bool): raise PoolError(f"{name} must be a count, got {v!r}")
-    try: v = operator.index(v)
-    except TypeError: raise PoolError(f"{name} must be a count, got {type(v).__name__} {v!r}") from None
-    if v < 0: raise PoolError(f"{name} must be >= 0, got {v}")
-    return v
+    return check_int(v, name, minimum=0, error=PoolError)
 
-def _token_arg(tokens) -> tuple[list[int] | None, int]:
+def parse_tokens(tokens, # a count, or an iterable of token ids (read once)
+                ) -> tuple[list[int] | None, int]:
     "(ids, count) of a tokens argument: a count, or token ids — integers in int64 range, never bools, floats or strings."
     if type(tokens) is int and tokens >= 0: return None, tokens    # the common case first (bool is not `int` here)
     if isinstance(tokens, int) and not isinstance(tokens, bool): return None, _count("token count", tokens)
@@ -154,7 +172,12 @@ def _hashable(seq_id):
     except TypeError: raise PoolError(f"sequence id {seq_id!r} is not hashable") from None
     return seq_id
 
-def chain_hashes(seed: bytes, tokens: Sequence[int], block_tokens: int, prev: bytes | None = None) -> list[bytes]:
+# %% ../nbs/05_pool.ipynb #2bcae69f
+def chain_hashes(seed: bytes, # the chain's start: the spec fingerprint's digest
+                 tokens: Sequence[int], # token ids
+                 block_tokens: int, # token slots per block
+                 prev: bytes | None = None, # the digest of the block before `tokens[0]`, to continue a chain
+                ) -> list[bytes]:
     "Chained digests of the complete blocks of `tokens`: each names its block and everything before it."
     out, h = [], prev or seed
     for i in range(0, len(tokens) - block_tokens + 1, block_tokens):
@@ -162,6 +185,7 @@ def chain_hashes(seed: bytes, tokens: Sequence[int], block_tokens: int, prev: by
         out.append(h)
     return out
 
+# %% ../nbs/05_pool.ipynb #f637c4d1
 class _Seq:
     __slots__ = ("num_tokens", "tables", "base", "hashes", "tail")
     def __init__(self, n, tables, base, hashes, tail):
@@ -184,6 +208,7 @@ class _Books(NamedTuple):
 
 MAX_BLOCKS = 1 << 32   # per group: the bookkeeping lists hold one entry per block
 
+# %% ../nbs/05_pool.ipynb #fb1a6a0b
 class BlockPool:
     "Fixed-size blocks of KV cache per block group, handed out to sequences atomically."
     def __init__(self, spec: ModelCacheSpec,
@@ -192,8 +217,8 @@ class BlockPool:
                  context_tokens: int = 32768,     # context the default split is balanced for
                  split: dict[str, float] | None = None, # group name → share of the budget
                 ):
-        for name, v in (("budget_bytes", budget_bytes), ("block_tokens", block_tokens), ("context_tokens", context_tokens)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0: raise PoolError(f"{name} must be a positive integer, got {v!r}")
+        budget_bytes, block_tokens, context_tokens = (check_int(v, name, error=PoolError) for v, name in
+            ((budget_bytes, "budget_bytes"), (block_tokens, "block_tokens"), (context_tokens, "context_tokens")))
         self.spec, self.block_tokens = spec, block_tokens
         self.groups = plan_groups(spec, budget_bytes, block_tokens, context_tokens, split)
         for g in self.groups:
@@ -215,89 +240,122 @@ class BlockPool:
         self._books = tuple(tuple(_Books(g.name, g.kind == "state", g.window, self._free[i], self._lru[i], self._ref[i], self._hash_of[i]))
                             for i, g in enumerate(self.groups))
         self.on_copy: Callable[[int, int, int], None] | None = None  # (group, src, dst): storage copies a block
+        self._lookups = [0, 0, 0]    # admits by token ids: how many, their tokens, the tokens found cached
 
     def __repr__(self):
         gs = ", ".join(f"{g.name} {g.num_blocks}×{g.block_bytes}B" for g in self.groups)
         return f"BlockPool({self.spec.model_type}, {self.block_tokens} tokens/block: {gs})"
 
-    def _avail(self, g): return len(self._free[g]) + len(self._lru[g])
+# %% ../nbs/05_pool.ipynb #37223a56
+@patch
+def _avail(self: BlockPool, g): return len(self._free[g]) + len(self._lru[g])
 
-    def _take(self, g, n):
-        free, ref = self._free[g], self._ref[g]
-        if n == 1 and free: b = free.pop(); ref[b] = 1; return [b]     # the commonest call
-        if n <= len(free):                                             # no eviction: pop n at once, same order
-            out = free[len(free) - n:]; del free[len(free) - n:]; out.reverse()
-            for b in out: ref[b] = 1
-            return out
-        lru, out = self._lru[g], []
-        for _ in range(n):
-            if free: b = free.pop()
-            else:
-                b, _ = lru.popitem(last=False)
-                del self._cached[g][self._hash_of[g].pop(b)]
-            ref[b] = 1; out.append(b)
+@patch
+def _take(self: BlockPool, g, n):
+    free, ref = self._free[g], self._ref[g]
+    if n == 1 and free: b = free.pop(); ref[b] = 1; return [b]     # the commonest call
+    if n <= len(free):                                             # no eviction: pop n at once, same order
+        out = free[len(free) - n:]; del free[len(free) - n:]; out.reverse()
+        for b in out: ref[b] = 1
         return out
+    lru, out = self._lru[g], []
+    for _ in range(n):
+        if free: b = free.pop()
+        else:
+            b, _ = lru.popitem(last=False)
+            del self._cached[g][self._hash_of[g].pop(b)]
+        ref[b] = 1; out.append(b)
+    return out
 
-    def _release(self, g, b):
-        ref = self._ref[g]; ref[b] -= 1
-        if ref[b] == 0:
-            if b in self._hash_of[g]: self._lru[g][b] = None
-            else: self._free[g].append(b)
+@patch
+def _release(self: BlockPool, g, b):
+    ref = self._ref[g]; ref[b] -= 1
+    if ref[b] == 0:
+        if b in self._hash_of[g]: self._lru[g][b] = None
+        else: self._free[g].append(b)
 
-    def _register(self, g, b, h):
-        if h not in self._cached[g]: self._cached[g][h] = b; self._hash_of[g][b] = h
+@patch
+def _register(self: BlockPool, g, b, h):
+    if h not in self._cached[g]: self._cached[g][h] = b; self._hash_of[g][b] = h
 
-    def _seq(self, seq_id) -> _Seq:
-        try: return self._seqs[seq_id]
-        except (KeyError, TypeError): raise PoolError(f"unknown sequence id {seq_id!r}") from None
+# %% ../nbs/05_pool.ipynb #36e3dd13
+@patch
+def _seq(self: BlockPool, seq_id) -> _Seq:
+    try: return self._seqs[seq_id]
+    except (KeyError, TypeError): raise PoolError(f"unknown sequence id {seq_id!r}") from None
 
-    def _range(self, g, n):
-        "Logical blocks [lo, hi) group `g` keeps for a sequence of n tokens."
-        B, w = self.block_tokens, self.groups[g].window
-        return (max(0, n - w) // B if w else 0), -(-n // B)
+@patch
+def block_range(self: BlockPool,
+                g: int, # index of the block group in `self.groups`
+                n: int, # tokens in the sequence
+               ) -> tuple[int, int]:
+    "Logical blocks [lo, hi) group `g` keeps for a sequence of n tokens (a state group: ignore)."
+    B, w = self.block_tokens, self.groups[g].window
+    return (max(0, n - w) // B if w else 0), -(-n // B)
 
-    def _unlist(self, g, b):
-        "Take an unreferenced block off the free list or the LRU (searching the free stack from its top)."
-        free = self._free[g]
-        if b in self._lru[g]: del self._lru[g][b]; return
-        for k in range(len(free) - 1, -1, -1):
-            if free[k] == b: del free[k]; return
+@patch
+def _unlist(self: BlockPool, g, b):
+    "Take an unreferenced block off the free list or the LRU (searching the free stack from its top)."
+    free = self._free[g]
+    if b in self._lru[g]: del self._lru[g][b]; return
+    for k in range(len(free) - 1, -1, -1):
+        if free[k] == b: del free[k]; return
 
-    def _rollback(self, undo):
-        "Undo one `extend` from the log it wrote: blocks it took go to the free list, unregistered, even those it evicted from the cache."
-        if not undo: return                  # the extend added no tokens
-        seq_id, n, hashes, n_hashes, tail, steps, registered = undo
-        s = self._seqs[seq_id]
-        for g, b in registered: del self._cached[g][self._hash_of[g].pop(b)]
-        for g, base, drop, cow, fresh in reversed(steps):
-            table, ref, hash_of = s.tables[g], self._ref[g], self._hash_of[g]
-            taken = table[len(table) - fresh:] if fresh else []
-            del table[len(table) - len(taken):]
-            if cow is not None: taken.insert(0, table[-1]); table[-1] = cow; ref[cow] += 1   # cow: the shared block it replaced
-            for b in reversed(taken):        # their data may be the failed write's: never offered for sharing again
-                if b in hash_of: del self._cached[g][hash_of.pop(b)]
-                ref[b] = 0; self._free[g].append(b)
-            for b in reversed(drop):
-                if ref[b] == 0: self._unlist(g, b)
-                ref[b] += 1
-            table[:0] = drop; s.base[g] = base
-        if hashes is not None: del hashes[n_hashes:]
-        s.num_tokens, s.hashes, s.tail = n, hashes, tail
+@patch
+def _check(self: BlockPool, need):
+    for g, (asked, avail) in enumerate(need):
+        if asked > avail: raise PoolExhausted(self.groups[g].name, asked, avail)
 
-    def _check(self, need):
-        for g, (asked, avail) in enumerate(need):
-            if asked > avail: raise PoolExhausted(self.groups[g].name, asked, avail)
+# %% ../nbs/05_pool.ipynb #8aa16760
+@patch
+def transaction(self: BlockPool):
+    "The pool's re-entrant lock: `with pool.transaction():` makes several calls one step no other thread sees in between."
+    return self._lock
+
+@patch
+def attach(self: BlockPool,
+           on_copy: Callable[[int, int, int], None], # (group, src, dst): copy a block's data in storage
+          ) -> None:
+    "Connect the pool's storage; a pool has one, and a second is refused."
+    with self._lock:
+        if self.on_copy is not None: raise PoolError("this pool already has a storage attached: one PoolStore per BlockPool")
+        self.on_copy = on_copy
+
+# %% ../nbs/05_pool.ipynb #d87484c4
+@patch
+def rollback(self: BlockPool,
+             undo: list, # the log `extend(..., undo=log)` filled
+            ) -> None:
+    "Undo one `extend` from its log (inside the same `transaction`): blocks it took go to the free list, unregistered, even those it evicted from the cache."
+    if not undo: return                  # the extend added no tokens
+    seq_id, n, hashes, n_hashes, tail, steps, registered = undo
+    s = self._seqs[seq_id]
+    for g, b in registered: del self._cached[g][self._hash_of[g].pop(b)]
+    for g, base, drop, cow, fresh in reversed(steps):
+        table, ref, hash_of = s.tables[g], self._ref[g], self._hash_of[g]
+        taken = table[len(table) - fresh:] if fresh else []
+        del table[len(table) - len(taken):]
+        if cow is not None: taken.insert(0, table[-1]); table[-1] = cow; ref[cow] += 1   # cow: the shared block it replaced
+        for b in reversed(taken):        # their data may be the failed write's: never offered for sharing again
+            if b in hash_of: del self._cached[g][hash_of.pop(b)]
+            ref[b] = 0; self._free[g].append(b)
+        for b in reversed(drop):
+            if ref[b] == 0: self._unlist(g, b)
+            ref[b] += 1
+        table[:0] = drop; s.base[g] = base
+    if hashes is not None: del hashes[n_hashes:]
+    s.num_tokens, s.hashes, s.tail = n, hashes, tail
 
 # %% ../nbs/05_pool.ipynb #14985e83
+@patch
 def table(self: BlockPool, seq_id) -> tuple[int, list[tuple[int, list[int]]]]:
     "A sequence's token count and, per group, (first logical block, block ids)."
     with self._lock:
         s = self._seq(seq_id)
         return s.num_tokens, [(b, list(t)) for b, t in zip(s.base, s.tables)]
 
-BlockPool.table = table
-
 # %% ../nbs/05_pool.ipynb #24216dbc
+@patch
 def _match(self: BlockPool, hashes: list[bytes]) -> int:
     "Longest prefix, in blocks, whose blocks every group holds cached."
     if not self._sharing or not hashes: return 0
@@ -305,10 +363,12 @@ def _match(self: BlockPool, hashes: list[bytes]) -> int:
     full = [g for g, grp in enumerate(self.groups) if not grp.window]
     while k < len(hashes) and all(hashes[k] in self._cached[g] for g in full): k += 1
     windowed = [g for g, grp in enumerate(self.groups) if grp.window]
-    while k and not all(hashes[j] in self._cached[g] for g in windowed for j in range(*self._range(g, k * self.block_tokens))):
+    while k and not all(hashes[j] in self._cached[g] for g in windowed for j in range(*self.block_range(g, k * self.block_tokens))):
         k -= 1
     return k
 
+# %% ../nbs/05_pool.ipynb #358810d1
+@patch
 def _admit_fresh(self: BlockPool, seq_id, n: int, hashes, tail) -> int:
     "`admit` when there is no complete block to match or register: fresh blocks only, every group checked first."
     B = self.block_tokens; top = -(-n // B)
@@ -330,13 +390,15 @@ def _admit_fresh(self: BlockPool, seq_id, n: int, hashes, tail) -> int:
     self._seqs[seq_id] = _Seq(n, tables, los, hashes, tail)
     return 0
 
+# %% ../nbs/05_pool.ipynb #324be70a
+@patch
 def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
     "`admit` in general: match the cached prefix, plan every group, check them all, then take and register."
     hit = self._match(hashes)
     plans, need = [], []
     for g, grp in enumerate(self.groups):
         if grp.kind == "state": plans.append((0, [], 1)); need.append((1, self._avail(g))); continue
-        lo, hi = self._range(g, n)
+        lo, hi = self.block_range(g, n)
         reused = [self._cached[g][hashes[j]] for j in range(lo, min(hit, hi))]
         plans.append((lo, reused, hi - max(lo, hit)))
         need.append((hi - max(lo, hit), self._avail(g) - sum(b in self._lru[g] for b in reused)))
@@ -353,28 +415,48 @@ def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
     self._seqs[seq_id] = _Seq(n, tables, bases, hashes, tail)
     return hit * self.block_tokens
 
-def admit(self: BlockPool, seq_id, tokens=0) -> int:
-    "Start a sequence holding `tokens` (ids, or a count); returns how many leading tokens were found cached."
+# %% ../nbs/05_pool.ipynb #85cae028
+@patch
+def admit(self: BlockPool, seq_id, # any hashable id, new to the pool
+          tokens=0, # token ids (prefix sharing), or a count
+          cached_only: bool = False, # hold only the longest cached prefix of `tokens`, leaving at least one token uncached
+         ) -> int:
+    "Start a sequence holding `tokens` (or only their cached prefix); returns how many leading tokens were found cached."
     with self._lock:
         try: dup = seq_id in self._seqs
         except TypeError: _hashable(seq_id)
         if dup: raise PoolError(f"sequence {seq_id!r} is already in the pool")
-        toks, n = _token_arg(tokens)
-        hashes = chain_hashes(self._seed, toks, self.block_tokens) if toks is not None else None
-        if not hashes: return self._admit_fresh(seq_id, n, hashes, toks)   # no complete block: nothing to share
-        return self._admit_planned(seq_id, toks, n, hashes)
+        toks, n = parse_tokens(tokens)
+        if toks is None: return self._admit_fresh(seq_id, n, None, None)   # a count: nothing to share
+        asked = n
+        if cached_only:                      # the prompt's cached prefix only: the caller runs the rest
+            n = self._match(chain_hashes(self._seed, toks[:n - 1], self.block_tokens)) * self.block_tokens if n else 0
+            toks = toks[:n]
+        hashes = chain_hashes(self._seed, toks, self.block_tokens)
+        hit = self._admit_planned(seq_id, toks, n, hashes) if hashes else self._admit_fresh(seq_id, n, hashes, toks)
+        self._lookups[0] += 1; self._lookups[1] += asked; self._lookups[2] += hit
+        return hit
 
-BlockPool._match, BlockPool._admit_fresh, BlockPool._admit_planned, BlockPool.admit = _match, _admit_fresh, _admit_planned, admit
+# %% ../nbs/05_pool.ipynb #f3fdc9e9
+@patch
+def sharing(self: BlockPool) -> dict:
+    "Prefix sharing so far: whether this pool can share at all, admits by token ids, their tokens, the tokens found cached."
+    with self._lock:
+        n, asked, hit = self._lookups
+        return dict(enabled=self._sharing, reason=None if self._sharing else "recurrent state cannot be rebuilt from a token prefix",
+                    lookups=n, lookup_tokens=asked, hit_tokens=hit, hit_rate=hit / asked if asked else 0.0)
 
 # %% ../nbs/05_pool.ipynb #88f2cefb
-def extend(self: BlockPool, seq_id, tokens,
+@patch
+def extend(self: BlockPool, seq_id, # a sequence in the pool
+           tokens, # token ids, or a count (which ends the sequence's prefix hashing)
            register: bool = True,   # offer newly completed blocks for sharing now (False: the caller `share`s them once written)
-           undo: list | None = None, # receives what `_rollback` needs to undo this extend
+           undo: list | None = None, # receives what `rollback` needs to undo this extend
           ) -> None:
-    "Grow a sequence by `tokens` (ids, or a count): new blocks, recycled window blocks, copy-on-write of a shared tail."
+    "Grow a sequence by `tokens`: new blocks, recycled window blocks, copy-on-write of a shared tail."
     with self._lock:
         s = self._seq(seq_id)
-        toks, k = _token_arg(tokens)
+        toks, k = parse_tokens(tokens)
         if k == 0: return
         B, old = self.block_tokens, s.num_tokens
         n = old + k
@@ -404,21 +486,29 @@ def extend(self: BlockPool, seq_id, tokens,
                 self._release(g, table[-1]); table[-1] = b2
             table += self._take(g, fresh)
             s.base[g] = lo
-        if s.hashes is not None and toks is not None:
-            s.tail += toks
-            new = chain_hashes(self._seed, s.tail, B, s.hashes[-1] if s.hashes else None)
-            first = len(s.hashes)
-            s.hashes += new; s.tail = s.tail[len(new) * B:]
-            for g, *_ in (plans if register else ()):
-                cached = self._cached[g]
-                for j in range(max(first, s.base[g]), first + len(new)):
-                    if s.hashes[j] in cached: continue
-                    self._register(g, b := s.tables[g][j - s.base[g]], s.hashes[j])
-                    if undo is not None: undo[-1].append((g, b))
+        if s.hashes is not None and toks is not None: self._hash_extended(s, toks, plans if register else (), undo)
         else: s.hashes = s.tail = None   # tokens unknown from here on: this sequence shares nothing more
         s.num_tokens = n
 
-def share(self: BlockPool, seq_id,
+# %% ../nbs/05_pool.ipynb #23a7fc89
+@patch
+def _hash_extended(self: BlockPool, s: _Seq, toks: list[int], plans, undo) -> None:
+    "`extend`'s hashing: chain the blocks `toks` completed, registering them in the groups of `plans`."
+    B = self.block_tokens
+    s.tail += toks
+    new = chain_hashes(self._seed, s.tail, B, s.hashes[-1] if s.hashes else None)
+    first = len(s.hashes)
+    s.hashes += new; s.tail = s.tail[len(new) * B:]
+    for g, *_ in plans:
+        cached = self._cached[g]
+        for j in range(max(first, s.base[g]), first + len(new)):
+            if s.hashes[j] in cached: continue
+            self._register(g, b := s.tables[g][j - s.base[g]], s.hashes[j])
+            if undo is not None: undo[-1].append((g, b))
+
+# %% ../nbs/05_pool.ipynb #67b9014d
+@patch
+def share(self: BlockPool, seq_id, # a sequence in the pool
           since_tokens: int,         # blocks completed after this many tokens are considered
           data_from: Sequence[int],  # per group: the first position whose slot holds real data
          ) -> None:
@@ -437,9 +527,8 @@ def share(self: BlockPool, seq_id,
             for j in range(max(since_tokens // B, base, -(-data_from[g] // B)), min(len(s.hashes), base + len(table))):
                 self._register(g, table[j - base], s.hashes[j])
 
-BlockPool.extend, BlockPool.share = extend, share
-
 # %% ../nbs/05_pool.ipynb #d04d8bf2
+@patch
 def free(self: BlockPool, seq_id) -> None:
     "Return a sequence's blocks; registered blocks stay cached for reuse, tail blocks evicted first."
     with self._lock:
@@ -453,7 +542,11 @@ def free(self: BlockPool, seq_id) -> None:
                     if b in hash_of: lru[b] = None
                     else: free.append(b)
 
-def fork(self: BlockPool, src, dst) -> None:
+# %% ../nbs/05_pool.ipynb #5f4b5cef
+@patch
+def fork(self: BlockPool, src, # a sequence in the pool
+         dst, # a new id
+        ) -> None:
     "A new sequence `dst` sharing every block of `src` (its state slot copied)."
     with self._lock:
         s = self._seq(src)
@@ -472,28 +565,25 @@ def fork(self: BlockPool, src, dst) -> None:
         self._seqs[dst] = _Seq(s.num_tokens, tables, list(s.base), None if s.hashes is None else list(s.hashes),
                                None if s.tail is None else list(s.tail))
 
-BlockPool.free, BlockPool.fork = free, fork
-
 # %% ../nbs/05_pool.ipynb #d4363ba1
+@patch
 def can_fit(self: BlockPool, num_tokens: int, num_seqs: int = 1) -> bool:
     "Whether `num_seqs` new sequences of `num_tokens` each fit now (prefix hits not counted)."
     num_tokens, num_seqs = _count("num_tokens", num_tokens), _count("num_seqs", num_seqs)
     with self._lock:
         return all(num_seqs * g.blocks_for(num_tokens, self.block_tokens) <= self._avail(i) for i, g in enumerate(self.groups))
 
-BlockPool.can_fit = can_fit
-
 # %% ../nbs/05_pool.ipynb #faead81a
+@patch
 def prefix_tokens(self: BlockPool, tokens) -> int:
     "How many leading tokens of `tokens` a new sequence would find cached (a multiple of block_tokens)."
-    toks, _ = _token_arg(tokens)
+    toks, _ = parse_tokens(tokens)
     if toks is None: raise PoolError("prefix lookup needs token ids, not a count")
     with self._lock:
         return self._match(chain_hashes(self._seed, toks, self.block_tokens)) * self.block_tokens
 
-BlockPool.prefix_tokens = prefix_tokens
-
 # %% ../nbs/05_pool.ipynb #521184f9
+@patch
 def stats(self: BlockPool) -> list[dict]:
     "Per group: blocks used, cached (unreferenced, evictable), free (cached included), bytes, utilisation, waste."
     with self._lock:
@@ -512,9 +602,8 @@ def stats(self: BlockPool) -> list[dict]:
                             utilisation=used / grp.num_blocks if grp.num_blocks else 0.0, waste_bytes=waste))
         return out
 
-BlockPool.stats = stats
-
 # %% ../nbs/05_pool.ipynb #66af1d61
+@patch
 def check(self: BlockPool) -> None:
     "Raise AssertionError unless every block is exactly one of referenced, free or cached, with true refcounts."
     with self._lock:
@@ -531,7 +620,5 @@ def check(self: BlockPool) -> None:
             assert set(self._hash_of[g]) == set(self._cached[g].values()), f"{grp.name}: hash index out of step"
             for s in self._seqs.values():
                 if grp.kind != "state":
-                    lo, hi = self._range(g, s.num_tokens)
+                    lo, hi = self.block_range(g, s.num_tokens)
                     assert (s.base[g], s.base[g] + len(s.tables[g])) == (lo, hi), f"{grp.name}: table covers the wrong blocks"
-
-BlockPool.check = check

@@ -8,32 +8,38 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .config import KVSpecError, UnsupportedCache
+from fastcore.basics import patch
+
+from .config import KVSpecError, UnsupportedCache, check_int
 
 # %% auto #0
-__all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'InvalidChunks',
-           'check_chunks', 'generate_chunks', 'kv_slots', 'rotating_slots', 'chunked_slots', 'concat_slots',
-           'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'markdown_table']
+__all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'MAX_TOKENS',
+           'MAX_REPLAY_CALLS', 'InvalidChunks', 'check_chunks', 'generate_chunks', 'KVSlots', 'kv_slots',
+           'RotatingSlots', 'rotating_slots', 'ChunkedSlots', 'ConcatSlots', 'chunked_slots', 'concat_slots',
+           'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'chunk_runs', 'generate_runs',
+           'run_nbytes', 'markdown_table']
 
 # %% ../nbs/01_spec.ipynb #23be1496
 class InvalidChunks(KVSpecError, ValueError):
     "A chunk list or batch size that no model call could produce."
 
-def check_chunks(chunks: Sequence[int], batch: int = 1) -> list[int]:
-    "Validated token counts of successive model calls."
-    if isinstance(chunks, int): chunks = [chunks]
+def check_chunks(chunks: Sequence[int], # token counts of successive model calls (any iterable, read once), or one count
+                 batch: int = 1, # sequences in the batch
+                ) -> list[int]:
+    "Validated token counts of successive model calls, as a list of plain ints (numpy integers accepted)."
+    if hasattr(chunks, "__index__"): chunks = [chunks]
     try: chunks = list(chunks)
     except TypeError: raise InvalidChunks(f"chunks must be a list of token counts, got {chunks!r:.40}") from None
     if not chunks: raise InvalidChunks("chunks is empty: give the token count of at least one model call")
-    bad = [c for c in chunks if isinstance(c, bool) or not isinstance(c, int) or c <= 0]
+    bad = [c for c in chunks if isinstance(c, bool) or not hasattr(c, "__index__") or operator.index(c) <= 0]
     if bad: raise InvalidChunks(f"chunk sizes must be positive integers, got {bad[:3]}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
-        raise InvalidChunks(f"batch must be a positive integer, got {batch!r}")
-    return chunks
+    check_int(batch, "batch", error=InvalidChunks)
+    return [operator.index(c) for c in chunks]
 
 # %% ../nbs/01_spec.ipynb #bb1afbd7
 def generate_chunks(prompt_tokens: int, # prompt length
@@ -41,9 +47,8 @@ def generate_chunks(prompt_tokens: int, # prompt length
                     prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
                    ) -> list[int]:
     "Token counts of the model calls `mlx_lm.generate` makes for this prompt and generation length."
-    check_chunks([prompt_tokens, prefill_step_size])
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise InvalidChunks(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+    prompt_tokens, prefill_step_size = check_chunks([prompt_tokens, prefill_step_size])
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, error=InvalidChunks)
     chunks, left = [], prompt_tokens
     while left > 1:
         chunks.append(min(prefill_step_size, left - 1)); left -= chunks[-1]
@@ -52,26 +57,41 @@ def generate_chunks(prompt_tokens: int, # prompt length
 # %% ../nbs/01_spec.ipynb #77457519
 KV_STEP = 256  # mlx_lm.models.cache.KVCache.step (also Rotating/Quantized/Chunked)
 
-def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
-    "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
-    size = offset = 0; out = []
-    for n in chunks:
+class KVSlots:
+    "A `KVCache`'s (or `QuantizedKVCache`'s) buffer, replayed one call at a time on token counts alone."
+    def __init__(self, step: int = KV_STEP): self.step_size, self.size, self.offset = step, 0, 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, step = self.size, self.offset, self.step_size
         if size == 0 or offset + n > size:
             if size and offset % step: size = offset
             size += (n + step - 1) // step * step
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset = size, offset + n
+        return size
+    def key(self, n: int):
+        "The state with the offset taken out: two equal keys replay alike from there on (None: not yet)."
+        return (self.size - self.offset, self.offset % self.step_size) if self.size else None
+    def room(self, n: int) -> float: return math.inf  # tokens the offset may advance with the key still valid
+    def shift(self, tokens: int): self.size += tokens; self.offset += tokens
+
+def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
+    "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
+    s = KVSlots(step); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #31b8bd59
-def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `RotatingKVCache` after each call."
-    size = offset = idx = 0; out = []
-    for n in chunks:
+class RotatingSlots:
+    "A `RotatingKVCache(max_size, keep)`'s buffer, replayed one call at a time."
+    def __init__(self, max_size: int, keep: int = 0, step: int = KV_STEP):
+        self.max_size, self.keep, self.step_size = max_size, keep, step
+        self.size = self.offset = self.idx = 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, idx, max_size = self.size, self.offset, self.idx, self.max_size
         if n == 1:  # _update_in_place
             if size == 0 or (offset >= size and size < max_size):
-                size += min(step, max_size - offset); idx = offset
+                size += min(self.step_size, max_size - offset); idx = offset
             if size > max_size: size = idx = max_size
-            if idx == max_size: idx = keep
+            if idx == max_size: idx = self.keep
             idx += 1
         else:       # _update_concat
             if size:
@@ -79,28 +99,71 @@ def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: in
                 idx = size
                 size -= max(0, idx - max_size + 1)             # _trim keeps max_size - 1 of context
             size += n; idx = size
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset, self.idx = size, offset + n, idx
+        return size
+
+# %% ../nbs/01_spec.ipynb #c3acfb34
+@patch
+def key(self: RotatingSlots, n: int):
+    "The state with the offset taken out, where no rule depends on the offset any more (None: not yet)."
+    if not self.size: return None
+    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return ("full", self.size, self.idx)
+    if self.room(n) > 0: return ("growing", self.size - self.offset, self.idx - self.offset)
+    return None
+
+@patch
+def room(self: RotatingSlots, n: int) -> float:
+    "Tokens the offset may advance with the key still valid: unbounded once full, else until the window is near."
+    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return math.inf
+    return self.max_size - 2 - n - self.step_size - max(self.size, self.idx, self.offset)
+
+@patch
+def shift(self: RotatingSlots, tokens: int):
+    "Advance the state by `tokens` (a whole number of cycles of its key)."
+    full = self.room(1) == math.inf
+    self.offset += tokens
+    if not full: self.size += tokens; self.idx += tokens
+
+def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: int = KV_STEP) -> list[int]:
+    "Slots held by a `RotatingKVCache` after each call."
+    s = RotatingSlots(max_size, keep, step); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #deceb467
-def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."
-    size = offset = start = 0; out = []
-    for n in chunks:
-        if size and offset - start > chunk_size:        # maybe_trim_front
-            start = offset - chunk_size; size = chunk_size
+class ChunkedSlots:
+    "A `ChunkedKVCache(chunk_size)`'s buffer (the model trims its front before every call), one call at a time."
+    def __init__(self, chunk_size: int, step: int = KV_STEP):
+        self.chunk_size, self.step_size = chunk_size, step
+        self.size = self.offset = self.start = 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, start, step = self.size, self.offset, self.start, self.step_size
+        if size and offset - start > self.chunk_size:        # maybe_trim_front
+            start = offset - self.chunk_size; size = self.chunk_size
         prev = offset - start
         if size == 0 or prev + n > size:
             if size and prev % step: size = prev
             size += (n + step - 1) // step * step
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset, self.start = size, offset + n, start
+        return size
+    def key(self, n: int): return (self.size, self.offset - self.start) if self.size else None
+    def room(self, n: int) -> float: return math.inf
+    def shift(self, tokens: int): self.offset += tokens; self.start += tokens
+
+class ConcatSlots:
+    "A `ConcatenateKVCache`: every token, no padding."
+    def __init__(self): self.offset = 0
+    def step(self, n: int) -> int: self.offset += n; return self.offset
+    def key(self, n: int): return ()
+    def room(self, n: int) -> float: return math.inf
+    def shift(self, tokens: int): self.offset += tokens
+
+def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
+    "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."
+    s = ChunkedSlots(chunk_size, step); return [s.step(n) for n in chunks]
 
 def concat_slots(chunks: Sequence[int]) -> list[int]:
     "Slots held by a `ConcatenateKVCache` after each call: every token, no padding."
-    out, total = [], 0
-    for n in chunks: total += n; out.append(total)
-    return out
+    s = ConcatSlots(); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #838f39b4
 KINDS = ("full", "sliding", "chunked", "state", "composite", "unused", "unknown")
@@ -145,18 +208,21 @@ def kv_slot_bytes(n_kv_heads: int, k_head_dim: int, v_head_dim: int, dtype: str,
 def _state_bytes(spec: CacheSpec) -> int:
     return sum(math.prod(s) * DTYPE_BYTES[d] for s, d in zip(spec.state_shapes, spec.state_dtypes))
 
-SLOTS: dict[str, Callable[[CacheSpec, Sequence[int]], list[int]]] = {
-    "KVCache": lambda s, ch: kv_slots(ch),
-    "QuantizedKVCache": lambda s, ch: kv_slots(ch),
-    "RotatingKVCache": lambda s, ch: rotating_slots(ch, s.window, s.keep),
-    "ChunkedKVCache": lambda s, ch: chunked_slots(ch, s.window),
-    "ConcatenateKVCache": lambda s, ch: concat_slots(ch),
+SLOTS: dict[str, Callable[[CacheSpec], Any]] = {  # mlx-lm cache class -> a fresh replay of its buffer for this spec
+    "KVCache": lambda s: KVSlots(),
+    "QuantizedKVCache": lambda s: KVSlots(),
+    "RotatingKVCache": lambda s: RotatingSlots(s.window, s.keep),
+    "ChunkedKVCache": lambda s: ChunkedSlots(s.window),
+    "ConcatenateKVCache": lambda s: ConcatSlots(),
 }
 
 # %% ../nbs/01_spec.ipynb #5b1578e4
-def _nbytes_after(self: CacheSpec, chunks: Sequence[int], batch: int = 1,
-                  quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens (mlx_lm.generate's quantized_kv_start)
-                 ) -> list[int]:
+@patch
+def nbytes_after(self: CacheSpec,
+                 chunks: Sequence[int], # token counts of successive model calls
+                 batch: int = 1, # sequences in the batch
+                 quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens (mlx_lm.generate's quantized_kv_start)
+                ) -> list[int]:
     "Bytes this cache holds after each call, for `batch` sequences."
     chunks = check_chunks(chunks, batch)
     if self.kind == "composite":
@@ -172,27 +238,30 @@ def _nbytes_after(self: CacheSpec, chunks: Sequence[int], batch: int = 1,
     plain = batch * kv_slot_bytes(self.n_kv_heads, self.k_head_dim, self.v_head_dim, self.dtype)
     # mlx-lm converts after a call once the cache holds quantized_from tokens; the slot count does not change.
     return [(per_slot if offset >= quantized_from else plain) * n
-            for n, offset in zip(SLOTS[self.cache_class](self, chunks), itertools.accumulate(chunks))]
+            for n, offset in zip(map(SLOTS[self.cache_class](self).step, chunks), itertools.accumulate(chunks))]
 
-def _nbytes(self: CacheSpec, chunks: Sequence[int], batch: int = 1, quantized_from: int = 0) -> int:
+@patch
+def nbytes(self: CacheSpec,
+           chunks: Sequence[int], # token counts of successive model calls
+           batch: int = 1, # sequences in the batch
+           quantized_from: int = 0, # as in `CacheSpec.nbytes_after`
+          ) -> int:
     "Bytes this cache holds after the model is called on `chunks`."
     return self.nbytes_after(chunks, batch, quantized_from)[-1]
 
-CacheSpec.nbytes_after, CacheSpec.nbytes = _nbytes_after, _nbytes
-
 # %% ../nbs/01_spec.ipynb #38fc4738
-def _slot_bytes(self: CacheSpec) -> int:
+@patch(as_prop=True)
+def slot_bytes(self: CacheSpec) -> int:
     "Bytes of one token slot for one sequence (0 for recurrent state)."
     if self.kind == "composite": return sum(c.slot_bytes for c in self.children)
     if self.n_kv_heads is None: return 0
     return kv_slot_bytes(self.n_kv_heads, self.k_head_dim, self.v_head_dim, self.dtype, self.bits, self.group_size)
 
-def _state_nbytes(self: CacheSpec) -> int:
+@patch(as_prop=True)
+def state_nbytes(self: CacheSpec) -> int:
     "Bytes of recurrent state for one sequence."
     if self.kind == "composite": return sum(c.state_nbytes for c in self.children)
     return _state_bytes(self)
-
-CacheSpec.slot_bytes, CacheSpec.state_nbytes = property(_slot_bytes), property(_state_nbytes)
 
 # %% ../nbs/01_spec.ipynb #b202cac5
 PATTERN_LETTERS = {"full": "F", "sliding": "S", "chunked": "C", "state": "R", "composite": "M", "unused": "-", "unknown": "?"}
@@ -246,67 +315,199 @@ class ModelCacheSpec:
 # %% ../nbs/01_spec.ipynb #72da2354
 DEFAULT_QUANTIZED_KV_START = 5000  # mlx_lm.generate.DEFAULT_QUANTIZED_KV_START
 
-def _model_nbytes_after(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> list[int]:
+def _replayed(c: CacheSpec) -> bool: return c.replay is not None or any(map(_replayed, c.children))
+
+@patch
+def geometries(self: ModelCacheSpec) -> list[tuple[CacheSpec, int]]:
+    "Distinct caches (layers left out) with how many there are; a cache sized by replay always stands alone."
+    counts, alone = Counter(), []
+    for c in self.caches:
+        if _replayed(c): alone.append((c, 1))
+        else: counts[dataclasses.replace(c, layers=())] += 1
+    return list(counts.items()) + alone
+
+@patch
+def nbytes_after(self: ModelCacheSpec,
+                 chunks: Sequence[int], # token counts of successive model calls
+                 batch: int = 1, # sequences in the batch
+                 quantized_kv_start: int = 0, # quantized caches hold plain K/V until this many tokens
+                ) -> list[int]:
     "Exact bytes of all caches after each call on token chunks of these sizes, in order."
-    return [sum(col) for col in zip(*(c.nbytes_after(chunks, batch, quantized_kv_start) for c in self.caches))]
+    chunks = check_chunks(chunks, batch)  # read once: a generator is not consumed by the first cache
+    totals = [0] * len(chunks)
+    for cache, count in self.geometries():  # Gemma 3 has 48 caches but two geometries
+        for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
+    return totals
 
-def _model_nbytes(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> int:
+# %% ../nbs/01_spec.ipynb #82161faf
+MAX_TOKENS = 1 << 48        # no context is longer: beyond any addressable memory
+MAX_REPLAY_CALLS = 1 << 18  # calls a lazy replay (a cache class with no rule here) is asked to make
+
+def chunk_runs(chunks: Sequence[int], # token counts of successive model calls
+              ) -> list[tuple[int, int]]:
+    "The chunks as runs of equal calls: `[(chunk_size, count), …]`."
+    return [(n, len(list(g))) for n, g in itertools.groupby(check_chunks(chunks))]
+
+def generate_runs(prompt_tokens: int, # prompt length
+                  max_tokens: int = 0, # tokens generated after the prompt
+                  prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+                 ) -> list[tuple[int, int]]:
+    "`generate_chunks` as runs of equal calls, without listing them: fine for any context up to `MAX_TOKENS`."
+    prompt_tokens = check_int(prompt_tokens, "prompt_tokens", maximum=MAX_TOKENS, error=InvalidChunks)
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_TOKENS - prompt_tokens, error=InvalidChunks)
+    step = check_int(prefill_step_size, "prefill_step_size", error=InvalidChunks)
+    full, rest = divmod(prompt_tokens - 1, step)
+    runs = [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0) + [(1, 1 + max_tokens)]
+    return [(n, c) for n, c in runs if not (n == 1 and c == 0)]
+
+# %% ../nbs/01_spec.ipynb #d86303c2
+def _leaves(cache: CacheSpec, count: int):
+    for leaf in (cache.children or (cache,)):
+        if leaf.children: yield from _leaves(leaf, count)
+        else: yield leaf, count
+
+def run_nbytes(caches: Sequence[tuple[CacheSpec, int]], # caches with how many of each (`ModelCacheSpec.geometries`)
+               runs: Sequence[tuple[int, int]], # calls as runs of (chunk size, count): `chunk_runs`, `generate_runs`
+               batch: int = 1, # sequences in the batch
+               quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens
+              ) -> tuple[int, int]:
+    "(final, peak) total bytes of these caches over the calls, with whole cycles of equal calls jumped over."
+    leaves = [l for c, k in caches for l in _leaves(c, k)]
+    if any(l.cache_class not in SLOTS and l.kind not in ("state", "unused") for l, _ in leaves):
+        calls = sum(c for _, c in runs)
+        if calls > MAX_REPLAY_CALLS:
+            raise UnsupportedCache(f"{calls:,} calls: a cache sized by a lazy replay of mlx-lm is replayed call by call, "
+                                   f"at most {MAX_REPLAY_CALLS:,} calls (use a larger prefill step or a shorter context)")
+        chunks = [n for n, c in runs for _ in range(c)]
+        totals = [0] * len(chunks)
+        for cache, count in caches:
+            for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_from)): totals[i] += count * b
+        return totals[-1], max(totals)
+    fixed = sum(k * batch * _state_bytes(l) for l, k in leaves if l.kind == "state")
+    kv = [(SLOTS[l.cache_class](l), k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype, l.bits, l.group_size),
+           k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype)) for l, k in leaves if l.cache_class in SLOTS]
+    state = dict(offset=0, final=0, peak=0)
+    for n, m in runs: _replay_run(kv, fixed, n, m, quantized_from, state)
+    return state["final"], state["peak"]
+
+# %% ../nbs/01_spec.ipynb #883a04cf
+def _replay_run(kv, fixed: int, n: int, m: int, quantized_from: int, state: dict):
+    "Replay `m` calls of `n` tokens on every replay in `kv`, jumping over whole common cycles once every key repeats."
+    done, seen, periods = 0, [{} for _ in kv], [None] * len(kv)
+    while done < m:
+        if None not in periods:
+            cycle = math.lcm(*periods)
+            q_room = math.inf if state["offset"] >= quantized_from else quantized_from - state["offset"] - cycle * n - 1
+            room = min([q_room] + [s.room(n) for s, _, _ in kv])
+            jump = min((m - done - cycle) // cycle, int(room // (cycle * n)) if room < math.inf else m) * cycle
+            if jump > 0:
+                for s, _, _ in kv: s.shift(jump * n)
+                state["offset"] += jump * n; done += jump
+                seen, periods = [{} for _ in kv], [None] * len(kv)
+                continue
+        state["offset"] += n; done += 1
+        total = fixed
+        for i, (s, quantized, plain) in enumerate(kv):
+            total += s.step(n) * (quantized if state["offset"] >= quantized_from else plain)
+            k = s.key(n)
+            if k is None: seen[i].clear(); periods[i] = None
+            elif periods[i] is None:
+                if k in seen[i]: periods[i] = done - seen[i][k]
+                else: seen[i][k] = done
+        state["final"] = total; state["peak"] = max(state["peak"], total)
+
+# %% ../nbs/01_spec.ipynb #e0a33c7f
+@patch
+def nbytes(self: ModelCacheSpec,
+           chunks: Sequence[int], # token counts of successive model calls
+           batch: int = 1, # sequences in the batch
+           quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
+          ) -> int:
     "Exact bytes of all caches after the model is called on token chunks of these sizes, in order."
-    return self.nbytes_after(chunks, batch, quantized_kv_start)[-1]
+    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[0]
 
-def _model_peak(self: ModelCacheSpec, chunks: Sequence[int], batch: int = 1, quantized_kv_start: int = 0) -> int:
+@patch
+def peak_nbytes(self: ModelCacheSpec,
+                chunks: Sequence[int], # token counts of successive model calls
+                batch: int = 1, # sequences in the batch
+                quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
+               ) -> int:
     "Largest total cache bytes after any of the calls."
-    return max(self.nbytes_after(chunks, batch, quantized_kv_start))
+    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
 
-def _generate_nbytes(self: ModelCacheSpec, prompt_tokens: int, max_tokens: int = 0, batch: int = 1,
-                     prefill_step_size: int = 2048, quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START) -> tuple[int, int]:
-    "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length."
-    totals = self.nbytes_after(generate_chunks(prompt_tokens, max_tokens, prefill_step_size), batch, quantized_kv_start)
-    return totals[-1], max(totals)
+@patch
+def generate_nbytes(self: ModelCacheSpec,
+                    prompt_tokens: int, # prompt length
+                    max_tokens: int = 0, # tokens generated after the prompt
+                    batch: int = 1, # sequences in the batch
+                    prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+                    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # mlx_lm.generate's default
+                   ) -> tuple[int, int]:
+    "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length, for any context."
+    runs = generate_runs(prompt_tokens, max_tokens, prefill_step_size)
+    return run_nbytes(self.geometries(), runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)
 
-ModelCacheSpec.nbytes_after = _model_nbytes_after
-ModelCacheSpec.nbytes, ModelCacheSpec.peak_nbytes, ModelCacheSpec.generate_nbytes = _model_nbytes, _model_peak, _generate_nbytes
+# %% ../nbs/01_spec.ipynb #2efec838
+@patch
+def max_nbytes(self: CacheSpec,
+               context_tokens: int, # tokens the sequence holds at the end (prompt and generated)
+               batch: int = 1, # sequences in the batch
+               prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+               quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # quantized caches hold plain K/V until this many tokens
+              ) -> int:
+    "Peak bytes this one cache holds while `mlx_lm.generate` fills `context_tokens` tokens, for `batch` sequences."
+    runs = generate_runs(context_tokens, 0, prefill_step_size)
+    return run_nbytes([(self, 1)], runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
 
 # %% ../nbs/01_spec.ipynb #f13be521
 _FRAME_FIELDS = ("kind", "cache_class", "layers", "window", "keep", "n_kv_heads", "k_head_dim", "v_head_dim",
                  "dtype", "bits", "group_size", "state_shapes")
 
-def _rows(self: ModelCacheSpec):
+@patch
+def rows(self: ModelCacheSpec) -> list[dict]:
+    "One dict per cache (CacheList members expanded as `3.0`, `3.1`, …) with its fields and per-sequence bytes."
+    out = []
     for i, c in enumerate(self.caches):
         for j, leaf in enumerate(c.children or (c,)):
             row = {"cache": f"{i}.{j}" if c.children else str(i)}
             row.update({f: getattr(leaf, f) for f in _FRAME_FIELDS})
             row["layers"] = ",".join(map(str, leaf.layers))
             row["slot_bytes"], row["state_bytes"] = leaf.slot_bytes, leaf.state_nbytes
-            yield row
+            out.append(row)
+    return out
 
-def _to_frame(self: ModelCacheSpec):
+@patch
+def to_frame(self: ModelCacheSpec):
     "One row per cache (CacheList members expanded), as a pandas DataFrame."
     import pandas as pd
-    df = pd.DataFrame(list(_rows(self))).set_index("cache")
+    df = pd.DataFrame(self.rows()).set_index("cache")
     for col in ("window", "n_kv_heads", "k_head_dim", "v_head_dim", "bits", "group_size"):
         df[col] = df[col].astype("Int64")  # integers with gaps, not floats with NaN
     return df
 
-def _summary(self: ModelCacheSpec) -> str:
+# %% ../nbs/01_spec.ipynb #660d5441
+@patch
+def summary(self: ModelCacheSpec) -> str:
+    "One line: caches by kind, layers, pattern, KV heads, head dims, windows and the dtype sized."
     kinds = ", ".join(f"{n} {k}" for k, n in self.kinds().items())
     return (f"{self.model_type}: {len(self.caches)} caches ({kinds}) for {self.num_layers} layers, "
             f"pattern {self.pattern}, kv heads {self.num_kv_heads}, head_dim {self.head_dim}, "
             f"sliding window {self.sliding_window}, {self.dtype}")
 
-def _repr(self: ModelCacheSpec) -> str: return f"ModelCacheSpec({_summary(self)})"
+@patch
+def __repr__(self: ModelCacheSpec) -> str: return f"ModelCacheSpec({self.summary()})"
 
 def markdown_table(df) -> str:
     "A DataFrame as a GitHub markdown table, index included (no tabulate needed)."
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
     import pandas as pd
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
     fmt = lambda v: "" if v is None or (not isinstance(v, tuple) and pd.isna(v)) else str(v)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in (i, *row)) + " |" for i, row in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines)
 
+@patch
 def _repr_markdown_(self: ModelCacheSpec) -> str:
+    "Jupyter's rich display: the summary line, the notes and the table."
     notes = "".join(f"\n- {n}" for n in self.notes)
-    return f"**{_summary(self)}**{notes}\n\n" + markdown_table(self.to_frame())
-
-ModelCacheSpec.to_frame, ModelCacheSpec.__repr__, ModelCacheSpec._repr_markdown_ = _to_frame, _repr, _repr_markdown_
+    return f"**{self.summary()}**{notes}\n\n" + markdown_table(self.to_frame())

@@ -13,14 +13,15 @@ import uuid
 from pathlib import Path
 
 import mlx.core as mx
+from fastcore.basics import patch
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
 
 from .config import KVSpecError, UnsupportedCache
-from .pool import BlockPool, PoolError, _token_arg
+from .pool import BlockPool, PoolError, parse_tokens
 
 # %% auto #0
-__all__ = ['CorruptCacheFile', 'SpecMismatch', 'PoolStore', 'gather', 'to_caches', 'caches', 'write_back', 'admit', 'cache_path',
-           'save', 'read_cache_file', 'load']
+__all__ = ['CorruptCacheFile', 'SpecMismatch', 'CacheWriteError', 'PoolStore', 'cache_path', 'read_cache_file']
 
 # %% ../nbs/06_store.ipynb #6b08c5b8
 class CorruptCacheFile(KVSpecError):
@@ -29,11 +30,15 @@ class CorruptCacheFile(KVSpecError):
 class SpecMismatch(KVSpecError):
     "A saved cache whose spec fingerprint differs from the pool it is loaded into."
 
+class CacheWriteError(KVSpecError, OSError):
+    "A cache file that could not be written (the directory cannot be made, the disk is full, ...); any previous file is kept."
+
 # %% ../nbs/06_store.ipynb #5fca5a9f
 class PoolStore:
     "Real MLX storage behind a `BlockPool`: per cache, K and V of shape (num_blocks, n_kv_heads, block_tokens, head_dim)."
     def __init__(self, pool: BlockPool):
         if any(c.children for c in pool.spec.caches): raise UnsupportedCache("composite caches (CacheList) are not stored yet")
+        if pool.on_copy is not None: raise PoolError("this pool already has a storage attached: one PoolStore per BlockPool")
         self.pool, self.leaves = pool, pool.spec.leaves()
         self.group_of, self.arrays = {}, {}
         B = pool.block_tokens
@@ -46,7 +51,7 @@ class PoolStore:
                 else:
                     self.arrays[i] = [mx.zeros((grp.num_blocks, c.n_kv_heads, B, d), getattr(mx, c.dtype)) for d in (c.k_head_dim, c.v_head_dim)]
         mx.eval(list(self.arrays.values()))
-        pool.on_copy = self._copy
+        pool.attach(self._copy)
 
     def _copy(self, g, src, dst):
         for i in self.pool.groups[g].leaves:
@@ -59,6 +64,7 @@ def _held(n: int, window: int | None) -> tuple[int, int]:
     "Token positions [start, n) a cache with this window needs to go on generating."
     return (max(0, n - window) if window else 0), n
 
+@patch
 def gather(self: PoolStore, seq_id) -> tuple[int, dict[int, list[mx.array]]]:
     "Token count and, per cache, its live K and V as (1, heads, tokens, dim), or its state arrays with batch 1."
     n, tables = self.pool.table(seq_id)
@@ -74,11 +80,18 @@ def gather(self: PoolStore, seq_id) -> tuple[int, dict[int, list[mx.array]]]:
                   for a in self.arrays[i]]
     return n, out
 
-
-PoolStore.gather = gather
-
 # %% ../nbs/06_store.ipynb #6b411f89
-def to_caches(self: PoolStore, n: int, arrays: dict[int, list[mx.array]]) -> list:
+def _cache_from(kind: str, window: int | None, num_arrays: int, n: int, arrays: list[mx.array] | None):
+    "The mlx-lm cache of this kind holding `arrays` at offset n, built with its own `from_state`."
+    if kind == "state": return ArraysCache.from_state((list(arrays) if n else [None] * num_arrays, None, None))
+    k, v = arrays if n else (None, None)
+    if kind == "sliding": return RotatingKVCache.from_state((k, v, n, 0, window, 0 if k is None else k.shape[2]))
+    return KVCache.from_state((k, v, n))
+
+@patch
+def to_caches(self: PoolStore, n: int, # the sequence's token count
+              arrays: dict[int, list[mx.array]], # per cache, what `gather` returns
+             ) -> list:
     "mlx-lm cache objects, in `make_prompt_cache` order, holding these arrays at offset n."
     caches = []
     for i, c in enumerate(self.leaves):
@@ -86,33 +99,26 @@ def to_caches(self: PoolStore, n: int, arrays: dict[int, list[mx.array]]) -> lis
             if c.cache_class != "KVCache": raise UnsupportedCache(f"cache {i}: cannot rebuild an unused {c.cache_class}")
             caches.append(KVCache()); continue
         grp = self.pool.groups[self.group_of[i]]
-        if grp.kind == "state":
-            cache = ArraysCache(len(self.arrays[i]))
-            if n: cache.cache = list(arrays[i])
-        elif grp.kind == "sliding": cache = RotatingKVCache(max_size=grp.window, keep=0)
-        else: cache = KVCache()
-        if n and grp.kind != "state":
-            cache.keys, cache.values = arrays[i]
-            cache.offset = n
-            if grp.kind == "sliding": cache._idx = cache.keys.shape[2]
-        caches.append(cache)
+        caches.append(_cache_from(grp.kind, grp.window, len(self.arrays[i]), n, arrays.get(i)))
     return caches
 
-PoolStore.to_caches = to_caches
-
 # %% ../nbs/06_store.ipynb #52a44785
+@patch
 def caches(self: PoolStore, seq_id) -> list:
     "The cache list mlx-lm's generation takes, filled from a sequence's blocks."
     return self.to_caches(*self.gather(seq_id))
 
-PoolStore.caches = caches
-
 # %% ../nbs/06_store.ipynb #c9211f28
 def _live(cache, n: int) -> tuple[mx.array, mx.array]:
-    "K and V of the last tokens an mlx-lm cache holds, in temporal order, ending at position n."
+    "K and V of the last tokens an mlx-lm cache holds, in temporal order, ending at position n (read from its `state`)."
     if isinstance(cache, RotatingKVCache):
-        return cache._temporal_order(cache.keys), cache._temporal_order(cache.values)
-    return cache.keys[..., :n, :], cache.values[..., :n, :]
+        keys, values, offset, keep, _, idx = cache.state      # keep is 0: checked by `_cache_problem`
+        def order(v):                                          # a rotated buffer, oldest slot at idx
+            if idx == v.shape[2]: return v
+            return mx.concatenate([v[..., idx:, :], v[..., :idx, :]], axis=2) if idx < offset else v[..., :idx, :]
+        return order(keys), order(values)
+    keys, values, _ = cache.state
+    return keys[..., :n, :], values[..., :n, :]
 
 _CACHE_CLASS = {"full": KVCache, "sliding": RotatingKVCache, "state": ArraysCache}
 
@@ -139,34 +145,47 @@ def _cache_problem(c, grp, cache, n: int) -> str | None:
     if min(cache.keys.shape[2], cache.values.shape[2]) < need: return f"holds {cache.keys.shape[2]} tokens, needs {need}"
     return None
 
-def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
-    "Extend a sequence by `tokens` (ids or count) and copy what mlx-lm's caches added into its blocks: all or nothing."
+# %% ../nbs/06_store.ipynb #e59f3d58
+@patch
+def _segments(self: PoolStore, caches: list, n_old: int, n: int) -> tuple[list, list[int]]:
+    "What `write_back` copies: per cache (cache, group, first block to write in its table or None for state, arrays), and per group the first position holding data."
     pool, B = self.pool, self.pool.block_tokens
-    with pool._lock:
+    writes, data_from = [], [0] * len(pool.groups)
+    for i, g in self.group_of.items():
+        if pool.groups[g].kind == "state":
+            writes.append((i, g, None, [None if s is None else s[0] for s in caches[i].state[0]])); continue
+        lo, hi = pool.block_range(g, n)              # the table `extend` will leave
+        first = max(n_old // B, lo)
+        if first * B >= n: continue
+        segs = []
+        for live in _live(caches[i], n):
+            pos0 = n - live.shape[2]                 # position of live[..., 0, :]
+            seg = live[0, :, max(0, first * B - pos0):, :]
+            left, right = max(0, pos0 - first * B), hi * B - n
+            if left or right: seg = mx.pad(seg, [(0, 0), (left, right), (0, 0)])
+            segs.append(seg.reshape(seg.shape[0], -1, B, seg.shape[-1]).transpose(1, 0, 2, 3))
+            data_from[g] = max(data_from[g], pos0)   # slots before pos0 are zeros: blocks holding them are not shared
+        writes.append((i, g, first - lo, segs))
+    mx.eval([a for *_, arrs in writes for a in arrs if a is not None])
+    return writes, data_from
+
+# %% ../nbs/06_store.ipynb #eca52eb5
+@patch
+def write_back(self: PoolStore, seq_id, # a sequence in the pool
+               caches: list, # mlx-lm's caches for it, in `make_prompt_cache` order, after running the model
+               tokens, # the tokens the model consumed since the caches were built: ids, or a count
+              ) -> None:
+    "Extend a sequence by `tokens` and copy what mlx-lm's caches added into its blocks: all or nothing."
+    pool = self.pool
+    with pool.transaction():
         n_old, old_tables = pool.table(seq_id)
-        ids, k = _token_arg(tokens)                      # read once: `tokens` may be an iterator
+        ids, k = parse_tokens(tokens)                    # read once: `tokens` may be an iterator
         tokens, n = (k if ids is None else ids), n_old + k
         if not isinstance(caches, (list, tuple)) or len(caches) != len(self.leaves):
             raise PoolError(f"expected {len(self.leaves)} caches in make_prompt_cache order, got {len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__}")
         for i, g in self.group_of.items():
             if (p := _cache_problem(self.leaves[i], pool.groups[g], caches[i], n)): raise PoolError(f"sequence {seq_id!r}, cache {i}: {p}")
-        writes, data_from = [], [0] * len(pool.groups)   # (cache, group, first block to write in its table or None for state, arrays)
-        for i, g in self.group_of.items():
-            if pool.groups[g].kind == "state":
-                writes.append((i, g, None, [None if s is None else s[0] for s in caches[i].cache])); continue
-            lo, hi = pool._range(g, n)                   # the table `extend` will leave
-            first = max(n_old // B, lo)
-            if first * B >= n: continue
-            segs = []
-            for live in _live(caches[i], n):
-                pos0 = n - live.shape[2]                 # position of live[..., 0, :]
-                seg = live[0, :, max(0, first * B - pos0):, :]
-                left, right = max(0, pos0 - first * B), hi * B - n
-                if left or right: seg = mx.pad(seg, [(0, 0), (left, right), (0, 0)])
-                segs.append(seg.reshape(seg.shape[0], -1, B, seg.shape[-1]).transpose(1, 0, 2, 3))
-                data_from[g] = max(data_from[g], pos0)   # slots before pos0 are zeros: blocks holding them are not shared
-            writes.append((i, g, first - lo, segs))
-        mx.eval([a for *_, arrs in writes for a in arrs if a is not None])
+        writes, data_from = self._segments(caches, n_old, n)
         undo, saved = [], []                             # saved: (cache, array, block ids, what they held before)
         try:
             pool.extend(seq_id, tokens, register=False, undo=undo)   # raises PoolExhausted with nothing changed
@@ -192,21 +211,17 @@ def write_back(self: PoolStore, seq_id, caches: list, tokens) -> None:
             for i, j, idx, x in saved:
                 if isinstance(self.arrays[i][j], mx.array): self.arrays[i][j][idx] = x
             mx.eval([a for arrs in self.arrays.values() for a in arrs if isinstance(a, mx.array)])
-            pool._rollback(undo); raise
+            pool.rollback(undo); raise
         pool.share(seq_id, n_old, data_from)             # the sequence is whole here: sharing is only an offer
 
-PoolStore.write_back = write_back
-
 # %% ../nbs/06_store.ipynb #70af3c38
-def admit(self: PoolStore, seq_id, prompt: list[int]) -> int:
-    "Admit a sequence with the longest cached prefix of `prompt` (always leaving a token to run); returns its length."
-    with self.pool._lock:
-        hit = self.pool.prefix_tokens(prompt[:len(prompt) - 1])
-        got = self.pool.admit(seq_id, list(prompt[:hit]))
-        assert got == hit
-        return hit
-
-PoolStore.admit = admit
+@patch
+def admit(self: PoolStore, seq_id, # any hashable id, new to the pool
+          prompt, # token ids, or a count (which finds nothing cached)
+         ) -> int:
+    "Admit a sequence at the longest cached prefix of `prompt`, always leaving a token to run; returns that prefix's length."
+    toks, n = parse_tokens(prompt)
+    return self.pool.admit(seq_id, 0 if toks is None else toks, cached_only=True)   # a count: every token left to run
 
 # %% ../nbs/06_store.ipynb #42416c76
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -222,39 +237,59 @@ def cache_path(directory: str | Path, seq_id) -> Path:
     return path
 
 # %% ../nbs/06_store.ipynb #3a7a7638
-_FORMAT = "kvspec.cache/2"
+_FORMAT = "kvspec.cache/3"
 _SIGNED = ("format", "fingerprint", "num_tokens")   # metadata the checksum covers, with every array
+_MINE = "0."                                        # where mlx-lm's layout keeps the caller's metadata
 
 def _digest(arrays: dict[str, mx.array], meta: dict[str, str]) -> str:
     h = hashlib.sha256(json.dumps([meta[k] for k in _SIGNED]).encode())
     for k in sorted(arrays):
         a = arrays[k]
-        h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.view(mx.uint8))))
+        h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.reshape(-1).view(mx.uint8))))
     return h.hexdigest()
+
+def _layout(caches: list) -> tuple[dict[str, mx.array], list[str], list]:
+    "Arrays, class names and scalar notes of `caches` exactly as `mlx_lm.models.cache.save_prompt_cache` lays them out."
+    scalars = [""]                                  # mlx-lm's: never empty, or tree_flatten would drop it
+    def as_array(key, x):
+        if isinstance(x, mx.array): return x
+        if x is None: scalars.append((key, "none")); return mx.array([])
+        scalars.append((key, "scalar")); return mx.array(x)
+    arrays = {k: as_array(k, x) for k, x in tree_flatten([c.state for c in caches])}
+    return arrays, [type(c).__name__ for c in caches], scalars
+
+def _flat_meta(mine: dict[str, str], classes: list[str], scalars: list) -> dict[str, str]:
+    "The safetensors metadata `load_prompt_cache` reads: our fields, the cache classes, the scalar notes."
+    return dict(tree_flatten([mine, classes, scalars]))
 
 def _write_file(path: Path, arrays: dict, metadata: dict) -> None:
     mx.save_safetensors(str(path), arrays, metadata=metadata)
     with open(path, "rb+") as f: os.fsync(f.fileno())
 
 # %% ../nbs/06_store.ipynb #9f7717a9
-def save(self: PoolStore, seq_id, directory: str | Path) -> Path:
-    "Write a sequence's live cache to `directory/<seq_id>.safetensors`, atomically, with the spec fingerprint."
+@patch
+def save(self: PoolStore, seq_id, # a sequence in the pool, whose id is a plain file name
+         directory: str | Path, # where to write; created if missing
+        ) -> Path:
+    "Write a sequence's live cache to `directory/<seq_id>.safetensors`, atomically, readable by mlx-lm's `load_prompt_cache`."
     path = cache_path(directory, seq_id)
-    with self.pool._lock:
+    with self.pool.transaction():
         n, held = self.gather(seq_id)
-    arrays = {f"{i}.{j}": a for i, arrs in held.items() for j, a in enumerate(arrs)}
+    arrays, classes, scalars = _layout(self.to_caches(n, held))
     mx.eval(arrays)
-    meta = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
-    meta["sha256"] = _digest(arrays, meta)
+    mine = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
+    mine["sha256"] = _digest(arrays, mine)
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise CacheWriteError(f"{path.parent}: cannot create the cache directory ({e})") from None
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.safetensors")
     try:
-        _write_file(tmp, arrays, meta)
+        _write_file(tmp, arrays, _flat_meta(mine, classes, scalars))
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise CacheWriteError(f"{path}: could not write the cache file ({e}); any previous file is unchanged") from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
-
-PoolStore.save = save
 
 # %% ../nbs/06_store.ipynb #f1e81751
 def _fp_diff(a: dict, b: dict) -> str:
@@ -267,11 +302,12 @@ def _fp_diff(a: dict, b: dict) -> str:
     return "fingerprints differ"
 
 def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
-    "Arrays and metadata of a saved cache, checked whole: raises `CorruptCacheFile` for anything else."
+    "Arrays and kvspec metadata (format, fingerprint, num_tokens, sha256) of a saved cache, checked whole: else `CorruptCacheFile`."
     path = Path(path)
     if not path.is_file(): raise CorruptCacheFile(f"{path}: no such file")
-    try: arrays, meta = mx.load(str(path), format="safetensors", return_metadata=True)
+    try: arrays, flat = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as e: raise CorruptCacheFile(f"{path}: not a readable safetensors file ({e})") from None
+    meta = {k[len(_MINE):]: v for k, v in flat.items() if k.startswith(_MINE)}
     if meta.get("format") != _FORMAT or any(k not in meta for k in (*_SIGNED, "sha256")):
         raise CorruptCacheFile(f"{path}: not a kvspec cache file of format {_FORMAT} (format {meta.get('format')!r}, metadata {sorted(meta)})")
     if _digest(arrays, meta) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
@@ -280,21 +316,41 @@ def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
     if not isinstance(fp, dict) or not isinstance(fp.get("caches"), list) or not all(isinstance(c, dict) for c in fp["caches"]):
         raise CorruptCacheFile(f"{path}: the fingerprint is not a kvspec spec fingerprint")
     if not re.fullmatch(r"0|[1-9][0-9]*", meta["num_tokens"]): raise CorruptCacheFile(f"{path}: num_tokens {meta['num_tokens']!r} is not a count")
+    meta["layout"] = {k: v for k, v in flat.items() if not k.startswith(_MINE)}   # mlx-lm's classes and scalar notes
     return arrays, meta
 
-def _expected_arrays(self: PoolStore, n: int) -> dict[str, tuple[tuple[int, ...], mx.Dtype]]:
-    "Name → (shape, dtype) of every array `save` writes for a sequence of n tokens in this pool."
-    out = {}
+# %% ../nbs/06_store.ipynb #0ee2aece
+@patch
+def _expected(self: PoolStore, n: int) -> tuple[dict[str, mx.array], dict[str, str]]:
+    "The arrays (lazy, never evaluated: shapes and dtypes only) and layout metadata `save` writes for n tokens in this pool."
+    blank = {}
     for i, g in self.group_of.items():
         c, grp = self.leaves[i], self.pool.groups[g]
-        if grp.kind == "state":
-            for j, (s, d) in enumerate(zip(c.state_shapes, c.state_dtypes)): out[f"{i}.{j}"] = ((1, *s), getattr(mx, d))
-            continue
+        if grp.kind == "state": blank[i] = [mx.zeros((1, *s), getattr(mx, d)) for s, d in zip(c.state_shapes, c.state_dtypes)]; continue
         held = min(n, grp.window) if grp.window else n
-        for j, d in enumerate((c.k_head_dim, c.v_head_dim)): out[f"{i}.{j}"] = ((1, c.n_kv_heads, held, d), getattr(mx, c.dtype))
-    return out
+        blank[i] = [mx.zeros((1, c.n_kv_heads, held, d), getattr(mx, c.dtype)) for d in (c.k_head_dim, c.v_head_dim)]
+    arrays, classes, scalars = _layout(self.to_caches(n, blank))
+    return arrays, _flat_meta({}, classes, scalars)
 
-def load(self: PoolStore, directory: str | Path, seq_id, tokens=None) -> int:
+@patch
+def _check_layout(self: PoolStore, path: Path, arrays: dict, layout: dict, n: int) -> None:
+    "Raise `CorruptCacheFile` unless the file's arrays and layout are exactly what this pool saves at n tokens."
+    want, want_layout = self._expected(n)
+    if set(arrays) != set(want):
+        raise CorruptCacheFile(f"{path}: arrays missing {sorted(set(want) - set(arrays))}, unexpected {sorted(set(arrays) - set(want))}")
+    for k, w in want.items():
+        a = arrays[k]
+        if a.shape != w.shape or a.dtype != w.dtype:
+            raise CorruptCacheFile(f"{path}: array {k} is {tuple(a.shape)} {a.dtype}, this pool needs {tuple(w.shape)} {w.dtype} at {n} tokens")
+        if w.ndim == 0 and a.item() != w.item(): raise CorruptCacheFile(f"{path}: {k} is {a.item()}, this pool needs {w.item()} at {n} tokens")
+    if layout != want_layout: raise CorruptCacheFile(f"{path}: cache classes or scalars are not this pool's ({sorted(set(layout.items()) ^ set(want_layout.items()))[:4]})")
+
+# %% ../nbs/06_store.ipynb #922b90b0
+@patch
+def load(self: PoolStore, directory: str | Path, # where `save` wrote
+         seq_id, # the saved sequence's id, and the id it gets in this pool
+         tokens=None, # its token ids, to register its blocks for prefix sharing (None: by count, unshared)
+        ) -> int:
     "Restore a saved sequence into this pool under `seq_id`; returns its token count."
     path = cache_path(directory, seq_id)
     arrays, meta = read_cache_file(path)
@@ -305,20 +361,14 @@ def load(self: PoolStore, directory: str | Path, seq_id, tokens=None) -> int:
         raise SpecMismatch(f"{seq_id!r} was saved for a different cache spec: {diff}")
     n = int(meta["num_tokens"])
     if tokens is not None:
-        toks, k = _token_arg(tokens)
+        toks, k = parse_tokens(tokens)
         if toks is None or k != n: raise PoolError(f"{seq_id!r} holds {n} tokens, give as many token ids (got {tokens!r:.40})")
-    want = self._expected_arrays(n)
-    if set(arrays) != set(want):
-        raise CorruptCacheFile(f"{path}: arrays missing {sorted(set(want) - set(arrays))}, unexpected {sorted(set(arrays) - set(want))}")
-    for k, (shape, dt) in want.items():
-        if tuple(arrays[k].shape) != shape or arrays[k].dtype != dt:
-            raise CorruptCacheFile(f"{path}: array {k} is {tuple(arrays[k].shape)} {arrays[k].dtype}, this pool needs {shape} {dt} at {n} tokens")
-    held = {i: [arrays[f"{i}.{j}"] for j in range(len(self.arrays[i]))] for i in self.group_of}
+    self._check_layout(path, arrays, meta["layout"], n)
+    held = {i: ([arrays[f"{i}.0.{j}"] for j in range(len(self.arrays[i]))] if self.pool.groups[g].kind == "state"
+                else [arrays[f"{i}.0"], arrays[f"{i}.1"]]) for i, g in self.group_of.items()}
     caches = self.to_caches(n, held)
-    with self.pool._lock:
+    with self.pool.transaction():
         self.pool.admit(seq_id, 0 if tokens is None else [])   # [] starts the hash chain the token ids extend
         try: self.write_back(seq_id, caches, n if tokens is None else toks)
         except BaseException: self.pool.free(seq_id); raise
     return n
-
-PoolStore._expected_arrays, PoolStore.load = _expected_arrays, load
