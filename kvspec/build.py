@@ -62,9 +62,10 @@ def from_config(cls: ModelCacheSpec,
                 kv_bits: int | None = None,     # quantize KV as mlx_lm.generate(kv_bits=...) does
                 kv_group_size: int = 64,        # values per quantization group
                 max_kv_size: int | None = None, # as make_prompt_cache(model, max_kv_size)
+                origin: str | None = None,      # where a config dict came from (a path), named in every message
                ) -> ModelCacheSpec:
     "The exact cache spec of the model a config describes, built without weights."
-    cfg, origin = load_config(config)
+    cfg, origin = load_config(config, origin)
     if dtype is None: dtype, _ = config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
     _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)

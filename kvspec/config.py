@@ -5,6 +5,7 @@
 # %% ../nbs/00_config.ipynb #090267c7
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import json
@@ -65,20 +66,33 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 # %% ../nbs/00_config.ipynb #39fe1784
-def read_config_file(path: str | Path) -> dict:
+def _check_file(path: Path) -> Path:
+    "`path` itself if it is a regular file, else `ConfigNotFound` saying what it is instead."
+    try: path.resolve(strict=True)
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13) or a dangling link
+        if path.is_symlink() or "loop" in str(e).lower():
+            raise ConfigNotFound(f"{path}: a symbolic link that leads nowhere (a loop or a missing target)") from None
+        raise ConfigNotFound(f"{path}: no such file") from None
+    if path.is_dir(): raise ConfigNotFound(f"{path}: a directory, not a config file")
+    if not path.is_file(): raise ConfigNotFound(f"{path}: not a regular file")
+    return path
+
+def read_config_file(path: str | Path, # a config.json, or a directory holding one
+                    ) -> dict:
     "Parse a config.json, raising `ConfigError` that names the file for anything but a JSON object."
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
             raise ConfigNotFound(f"{path}: directory has no config.json")
         path = path / "config.json"
-    if not path.is_file():
-        raise ConfigNotFound(f"{path}: " + ("not a regular file" if path.exists() else "no such file"))
+    path = _check_file(path)
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        cfg = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a leading byte-order mark is not an error
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
                           "is the file truncated?") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a model config") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(cfg, dict):
@@ -88,12 +102,16 @@ def read_config_file(path: str | Path) -> dict:
 # %% ../nbs/00_config.ipynb #7438378b
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-def fetch_hub_config(repo_id: str, revision: str | None = None) -> Path:
+def fetch_hub_config(repo_id: str, # owner/name on the Hugging Face hub
+                     revision: str | None = None, # a branch, tag or commit
+                    ) -> Path:
     "Download (or find in the local cache) only `config.json` of a hub repository."
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
     try:
         return Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except HFValidationError as e:
+        raise ConfigNotFound(f"{repo_id}: not a valid hub id ({str(e).splitlines()[0][:120]})") from None
     except LocalEntryNotFoundError:
         raise ConfigNotFound(f"{repo_id}: config.json is not in the local Hugging Face cache and the hub "
                              "cannot be reached (offline or HF_HUB_OFFLINE=1)") from None
@@ -111,21 +129,27 @@ def check_structure(cfg: dict, origin: str = "<dict>") -> dict:
             raise ConfigError(f"{origin}: {where}layer_types must be a list of strings, got {lt!r:.60}")
     return cfg
 
-def load_config(source: dict | str | Path) -> tuple[dict, str]:
+def _looks_like_path(name: str) -> bool: return "/" in name or "\\" in name or name.endswith(".json") or name.startswith(("~", "."))
+
+def load_config(source: dict | str | Path, # a config dict, a config.json, a directory, a preset name or a hub id
+                origin: str | None = None, # where a dict came from, for messages (default "<dict>")
+               ) -> tuple[dict, str]:
     "Config dict and its origin from a dict, a config.json, a directory, a preset name or a hub id."
-    if isinstance(source, dict): return check_structure(dict(source)), "<dict>"
+    if isinstance(source, dict): return check_structure(dict(source), origin or "<dict>"), origin or "<dict>"
     if not isinstance(source, (str, Path)):
         raise ConfigError(f"expected a config dict, a path, a preset name or a hub id, got {type(source).__name__}")
     if not str(source).strip(): raise ConfigNotFound("empty model name or path")
     path = Path(source).expanduser()
-    if path.exists(): return check_structure(read_config_file(path), str(path)), str(path)
+    if path.exists() or path.is_symlink(): return check_structure(read_config_file(path), str(path)), str(path)
     name = str(source)
     if name in preset_names():
         return read_config_file(PRESET_DIR / f"{name}.json"), f"preset {name}"
-    if _HUB_ID.match(name) and not name.endswith(".json"):
+    if isinstance(source, str) and _HUB_ID.match(name) and not name.endswith(".json") and not name.startswith("."):
         return check_structure(read_config_file(fetch_hub_config(name)), f"hub {name}"), f"hub {name}"
-    raise ConfigNotFound(f"{name}: not a file, a directory, a hub id (owner/name) or a preset; "
-                         f"presets: {', '.join(preset_names())}")
+    if isinstance(source, Path) or _looks_like_path(name): raise ConfigNotFound(f"{name}: no such file or directory")
+    close = difflib.get_close_matches(name, preset_names(), n=1, cutoff=0.6)
+    raise ConfigNotFound(f"{name}: not a file, a directory, a hub id (owner/name) or a preset"
+                         + (f"; did you mean {close[0]}?" if close else "") + f"; presets: {', '.join(preset_names())}")
 
 # %% ../nbs/00_config.ipynb #835e3bfa
 def text_config(cfg: dict) -> dict:

@@ -240,6 +240,7 @@ class BlockPool:
         self._books = tuple(tuple(_Books(g.name, g.kind == "state", g.window, self._free[i], self._lru[i], self._ref[i], self._hash_of[i]))
                             for i, g in enumerate(self.groups))
         self.on_copy: Callable[[int, int, int], None] | None = None  # (group, src, dst): storage copies a block
+        self._lookups = [0, 0, 0]    # admits by token ids: how many, their tokens, the tokens found cached
 
     def __repr__(self):
         gs = ", ".join(f"{g.name} {g.num_blocks}×{g.block_bytes}B" for g in self.groups)
@@ -418,16 +419,32 @@ def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
 @patch
 def admit(self: BlockPool, seq_id, # any hashable id, new to the pool
           tokens=0, # token ids (prefix sharing), or a count
+          cached_only: bool = False, # hold only the longest cached prefix of `tokens`, leaving at least one token uncached
          ) -> int:
-    "Start a sequence holding `tokens`; returns how many leading tokens were found cached."
+    "Start a sequence holding `tokens` (or only their cached prefix); returns how many leading tokens were found cached."
     with self._lock:
         try: dup = seq_id in self._seqs
         except TypeError: _hashable(seq_id)
         if dup: raise PoolError(f"sequence {seq_id!r} is already in the pool")
         toks, n = parse_tokens(tokens)
-        hashes = chain_hashes(self._seed, toks, self.block_tokens) if toks is not None else None
-        if not hashes: return self._admit_fresh(seq_id, n, hashes, toks)   # no complete block: nothing to share
-        return self._admit_planned(seq_id, toks, n, hashes)
+        if toks is None: return self._admit_fresh(seq_id, n, None, None)   # a count: nothing to share
+        asked = n
+        if cached_only:                      # the prompt's cached prefix only: the caller runs the rest
+            n = self._match(chain_hashes(self._seed, toks[:n - 1], self.block_tokens)) * self.block_tokens if n else 0
+            toks = toks[:n]
+        hashes = chain_hashes(self._seed, toks, self.block_tokens)
+        hit = self._admit_planned(seq_id, toks, n, hashes) if hashes else self._admit_fresh(seq_id, n, hashes, toks)
+        self._lookups[0] += 1; self._lookups[1] += asked; self._lookups[2] += hit
+        return hit
+
+# %% ../nbs/05_pool.ipynb #f3fdc9e9
+@patch
+def sharing(self: BlockPool) -> dict:
+    "Prefix sharing so far: whether this pool can share at all, admits by token ids, their tokens, the tokens found cached."
+    with self._lock:
+        n, asked, hit = self._lookups
+        return dict(enabled=self._sharing, reason=None if self._sharing else "recurrent state cannot be rebuilt from a token prefix",
+                    lookups=n, lookup_tokens=asked, hit_tokens=hit, hit_rate=hit / asked if asked else 0.0)
 
 # %% ../nbs/05_pool.ipynb #88f2cefb
 @patch

@@ -18,9 +18,11 @@ from fastcore.basics import patch
 from .config import KVSpecError, UnsupportedCache, check_int
 
 # %% auto #0
-__all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'InvalidChunks',
-           'check_chunks', 'generate_chunks', 'kv_slots', 'rotating_slots', 'chunked_slots', 'concat_slots',
-           'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'markdown_table']
+__all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'MAX_TOKENS',
+           'MAX_REPLAY_CALLS', 'InvalidChunks', 'check_chunks', 'generate_chunks', 'KVSlots', 'kv_slots',
+           'RotatingSlots', 'rotating_slots', 'ChunkedSlots', 'ConcatSlots', 'chunked_slots', 'concat_slots',
+           'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'chunk_runs', 'generate_runs',
+           'run_nbytes', 'markdown_table']
 
 # %% ../nbs/01_spec.ipynb #23be1496
 class InvalidChunks(KVSpecError, ValueError):
@@ -55,26 +57,41 @@ def generate_chunks(prompt_tokens: int, # prompt length
 # %% ../nbs/01_spec.ipynb #77457519
 KV_STEP = 256  # mlx_lm.models.cache.KVCache.step (also Rotating/Quantized/Chunked)
 
-def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
-    "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
-    size = offset = 0; out = []
-    for n in chunks:
+class KVSlots:
+    "A `KVCache`'s (or `QuantizedKVCache`'s) buffer, replayed one call at a time on token counts alone."
+    def __init__(self, step: int = KV_STEP): self.step_size, self.size, self.offset = step, 0, 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, step = self.size, self.offset, self.step_size
         if size == 0 or offset + n > size:
             if size and offset % step: size = offset
             size += (n + step - 1) // step * step
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset = size, offset + n
+        return size
+    def key(self, n: int):
+        "The state with the offset taken out: two equal keys replay alike from there on (None: not yet)."
+        return (self.size - self.offset, self.offset % self.step_size) if self.size else None
+    def room(self, n: int) -> float: return math.inf  # tokens the offset may advance with the key still valid
+    def shift(self, tokens: int): self.size += tokens; self.offset += tokens
+
+def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
+    "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
+    s = KVSlots(step); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #31b8bd59
-def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `RotatingKVCache` after each call."
-    size = offset = idx = 0; out = []
-    for n in chunks:
+class RotatingSlots:
+    "A `RotatingKVCache(max_size, keep)`'s buffer, replayed one call at a time."
+    def __init__(self, max_size: int, keep: int = 0, step: int = KV_STEP):
+        self.max_size, self.keep, self.step_size = max_size, keep, step
+        self.size = self.offset = self.idx = 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, idx, max_size = self.size, self.offset, self.idx, self.max_size
         if n == 1:  # _update_in_place
             if size == 0 or (offset >= size and size < max_size):
-                size += min(step, max_size - offset); idx = offset
+                size += min(self.step_size, max_size - offset); idx = offset
             if size > max_size: size = idx = max_size
-            if idx == max_size: idx = keep
+            if idx == max_size: idx = self.keep
             idx += 1
         else:       # _update_concat
             if size:
@@ -82,28 +99,71 @@ def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: in
                 idx = size
                 size -= max(0, idx - max_size + 1)             # _trim keeps max_size - 1 of context
             size += n; idx = size
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset, self.idx = size, offset + n, idx
+        return size
+
+# %% ../nbs/01_spec.ipynb #c3acfb34
+@patch
+def key(self: RotatingSlots, n: int):
+    "The state with the offset taken out, where no rule depends on the offset any more (None: not yet)."
+    if not self.size: return None
+    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return ("full", self.size, self.idx)
+    if self.room(n) > 0: return ("growing", self.size - self.offset, self.idx - self.offset)
+    return None
+
+@patch
+def room(self: RotatingSlots, n: int) -> float:
+    "Tokens the offset may advance with the key still valid: unbounded once full, else until the window is near."
+    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return math.inf
+    return self.max_size - 2 - n - self.step_size - max(self.size, self.idx, self.offset)
+
+@patch
+def shift(self: RotatingSlots, tokens: int):
+    "Advance the state by `tokens` (a whole number of cycles of its key)."
+    full = self.room(1) == math.inf
+    self.offset += tokens
+    if not full: self.size += tokens; self.idx += tokens
+
+def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: int = KV_STEP) -> list[int]:
+    "Slots held by a `RotatingKVCache` after each call."
+    s = RotatingSlots(max_size, keep, step); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #deceb467
-def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."
-    size = offset = start = 0; out = []
-    for n in chunks:
-        if size and offset - start > chunk_size:        # maybe_trim_front
-            start = offset - chunk_size; size = chunk_size
+class ChunkedSlots:
+    "A `ChunkedKVCache(chunk_size)`'s buffer (the model trims its front before every call), one call at a time."
+    def __init__(self, chunk_size: int, step: int = KV_STEP):
+        self.chunk_size, self.step_size = chunk_size, step
+        self.size = self.offset = self.start = 0
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens."
+        size, offset, start, step = self.size, self.offset, self.start, self.step_size
+        if size and offset - start > self.chunk_size:        # maybe_trim_front
+            start = offset - self.chunk_size; size = self.chunk_size
         prev = offset - start
         if size == 0 or prev + n > size:
             if size and prev % step: size = prev
             size += (n + step - 1) // step * step
-        offset += n; out.append(size)
-    return out
+        self.size, self.offset, self.start = size, offset + n, start
+        return size
+    def key(self, n: int): return (self.size, self.offset - self.start) if self.size else None
+    def room(self, n: int) -> float: return math.inf
+    def shift(self, tokens: int): self.offset += tokens; self.start += tokens
+
+class ConcatSlots:
+    "A `ConcatenateKVCache`: every token, no padding."
+    def __init__(self): self.offset = 0
+    def step(self, n: int) -> int: self.offset += n; return self.offset
+    def key(self, n: int): return ()
+    def room(self, n: int) -> float: return math.inf
+    def shift(self, tokens: int): self.offset += tokens
+
+def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
+    "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."
+    s = ChunkedSlots(chunk_size, step); return [s.step(n) for n in chunks]
 
 def concat_slots(chunks: Sequence[int]) -> list[int]:
     "Slots held by a `ConcatenateKVCache` after each call: every token, no padding."
-    out, total = [], 0
-    for n in chunks: total += n; out.append(total)
-    return out
+    s = ConcatSlots(); return [s.step(n) for n in chunks]
 
 # %% ../nbs/01_spec.ipynb #838f39b4
 KINDS = ("full", "sliding", "chunked", "state", "composite", "unused", "unknown")
@@ -148,12 +208,12 @@ def kv_slot_bytes(n_kv_heads: int, k_head_dim: int, v_head_dim: int, dtype: str,
 def _state_bytes(spec: CacheSpec) -> int:
     return sum(math.prod(s) * DTYPE_BYTES[d] for s, d in zip(spec.state_shapes, spec.state_dtypes))
 
-SLOTS: dict[str, Callable[[CacheSpec, Sequence[int]], list[int]]] = {
-    "KVCache": lambda s, ch: kv_slots(ch),
-    "QuantizedKVCache": lambda s, ch: kv_slots(ch),
-    "RotatingKVCache": lambda s, ch: rotating_slots(ch, s.window, s.keep),
-    "ChunkedKVCache": lambda s, ch: chunked_slots(ch, s.window),
-    "ConcatenateKVCache": lambda s, ch: concat_slots(ch),
+SLOTS: dict[str, Callable[[CacheSpec], Any]] = {  # mlx-lm cache class -> a fresh replay of its buffer for this spec
+    "KVCache": lambda s: KVSlots(),
+    "QuantizedKVCache": lambda s: KVSlots(),
+    "RotatingKVCache": lambda s: RotatingSlots(s.window, s.keep),
+    "ChunkedKVCache": lambda s: ChunkedSlots(s.window),
+    "ConcatenateKVCache": lambda s: ConcatSlots(),
 }
 
 # %% ../nbs/01_spec.ipynb #5b1578e4
@@ -178,7 +238,7 @@ def nbytes_after(self: CacheSpec,
     plain = batch * kv_slot_bytes(self.n_kv_heads, self.k_head_dim, self.v_head_dim, self.dtype)
     # mlx-lm converts after a call once the cache holds quantized_from tokens; the slot count does not change.
     return [(per_slot if offset >= quantized_from else plain) * n
-            for n, offset in zip(SLOTS[self.cache_class](self, chunks), itertools.accumulate(chunks))]
+            for n, offset in zip(map(SLOTS[self.cache_class](self).step, chunks), itertools.accumulate(chunks))]
 
 @patch
 def nbytes(self: CacheSpec,
@@ -279,6 +339,83 @@ def nbytes_after(self: ModelCacheSpec,
         for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
     return totals
 
+# %% ../nbs/01_spec.ipynb #82161faf
+MAX_TOKENS = 1 << 48        # no context is longer: beyond any addressable memory
+MAX_REPLAY_CALLS = 1 << 18  # calls a lazy replay (a cache class with no rule here) is asked to make
+
+def chunk_runs(chunks: Sequence[int], # token counts of successive model calls
+              ) -> list[tuple[int, int]]:
+    "The chunks as runs of equal calls: `[(chunk_size, count), …]`."
+    return [(n, len(list(g))) for n, g in itertools.groupby(check_chunks(chunks))]
+
+def generate_runs(prompt_tokens: int, # prompt length
+                  max_tokens: int = 0, # tokens generated after the prompt
+                  prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+                 ) -> list[tuple[int, int]]:
+    "`generate_chunks` as runs of equal calls, without listing them: fine for any context up to `MAX_TOKENS`."
+    prompt_tokens = check_int(prompt_tokens, "prompt_tokens", maximum=MAX_TOKENS, error=InvalidChunks)
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_TOKENS - prompt_tokens, error=InvalidChunks)
+    step = check_int(prefill_step_size, "prefill_step_size", error=InvalidChunks)
+    full, rest = divmod(prompt_tokens - 1, step)
+    runs = [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0) + [(1, 1 + max_tokens)]
+    return [(n, c) for n, c in runs if not (n == 1 and c == 0)]
+
+# %% ../nbs/01_spec.ipynb #d86303c2
+def _leaves(cache: CacheSpec, count: int):
+    for leaf in (cache.children or (cache,)):
+        if leaf.children: yield from _leaves(leaf, count)
+        else: yield leaf, count
+
+def run_nbytes(caches: Sequence[tuple[CacheSpec, int]], # caches with how many of each (`ModelCacheSpec.geometries`)
+               runs: Sequence[tuple[int, int]], # calls as runs of (chunk size, count): `chunk_runs`, `generate_runs`
+               batch: int = 1, # sequences in the batch
+               quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens
+              ) -> tuple[int, int]:
+    "(final, peak) total bytes of these caches over the calls, with whole cycles of equal calls jumped over."
+    leaves = [l for c, k in caches for l in _leaves(c, k)]
+    if any(l.cache_class not in SLOTS and l.kind not in ("state", "unused") for l, _ in leaves):
+        calls = sum(c for _, c in runs)
+        if calls > MAX_REPLAY_CALLS:
+            raise UnsupportedCache(f"{calls:,} calls: a cache sized by a lazy replay of mlx-lm is replayed call by call, "
+                                   f"at most {MAX_REPLAY_CALLS:,} calls (use a larger prefill step or a shorter context)")
+        chunks = [n for n, c in runs for _ in range(c)]
+        totals = [0] * len(chunks)
+        for cache, count in caches:
+            for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_from)): totals[i] += count * b
+        return totals[-1], max(totals)
+    fixed = sum(k * batch * _state_bytes(l) for l, k in leaves if l.kind == "state")
+    kv = [(SLOTS[l.cache_class](l), k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype, l.bits, l.group_size),
+           k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype)) for l, k in leaves if l.cache_class in SLOTS]
+    state = dict(offset=0, final=0, peak=0)
+    for n, m in runs: _replay_run(kv, fixed, n, m, quantized_from, state)
+    return state["final"], state["peak"]
+
+# %% ../nbs/01_spec.ipynb #883a04cf
+def _replay_run(kv, fixed: int, n: int, m: int, quantized_from: int, state: dict):
+    "Replay `m` calls of `n` tokens on every replay in `kv`, jumping over whole common cycles once every key repeats."
+    done, seen, periods = 0, [{} for _ in kv], [None] * len(kv)
+    while done < m:
+        if None not in periods:
+            cycle = math.lcm(*periods)
+            q_room = math.inf if state["offset"] >= quantized_from else quantized_from - state["offset"] - cycle * n - 1
+            room = min([q_room] + [s.room(n) for s, _, _ in kv])
+            jump = min((m - done - cycle) // cycle, int(room // (cycle * n)) if room < math.inf else m) * cycle
+            if jump > 0:
+                for s, _, _ in kv: s.shift(jump * n)
+                state["offset"] += jump * n; done += jump
+                seen, periods = [{} for _ in kv], [None] * len(kv)
+                continue
+        state["offset"] += n; done += 1
+        total = fixed
+        for i, (s, quantized, plain) in enumerate(kv):
+            total += s.step(n) * (quantized if state["offset"] >= quantized_from else plain)
+            k = s.key(n)
+            if k is None: seen[i].clear(); periods[i] = None
+            elif periods[i] is None:
+                if k in seen[i]: periods[i] = done - seen[i][k]
+                else: seen[i][k] = done
+        state["final"] = total; state["peak"] = max(state["peak"], total)
+
 # %% ../nbs/01_spec.ipynb #e0a33c7f
 @patch
 def nbytes(self: ModelCacheSpec,
@@ -287,7 +424,7 @@ def nbytes(self: ModelCacheSpec,
            quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
           ) -> int:
     "Exact bytes of all caches after the model is called on token chunks of these sizes, in order."
-    return self.nbytes_after(chunks, batch, quantized_kv_start)[-1]
+    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[0]
 
 @patch
 def peak_nbytes(self: ModelCacheSpec,
@@ -296,7 +433,7 @@ def peak_nbytes(self: ModelCacheSpec,
                 quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
                ) -> int:
     "Largest total cache bytes after any of the calls."
-    return max(self.nbytes_after(chunks, batch, quantized_kv_start))
+    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
 
 @patch
 def generate_nbytes(self: ModelCacheSpec,
@@ -306,9 +443,21 @@ def generate_nbytes(self: ModelCacheSpec,
                     prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
                     quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # mlx_lm.generate's default
                    ) -> tuple[int, int]:
-    "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length."
-    totals = self.nbytes_after(generate_chunks(prompt_tokens, max_tokens, prefill_step_size), batch, quantized_kv_start)
-    return totals[-1], max(totals)
+    "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length, for any context."
+    runs = generate_runs(prompt_tokens, max_tokens, prefill_step_size)
+    return run_nbytes(self.geometries(), runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)
+
+# %% ../nbs/01_spec.ipynb #2efec838
+@patch
+def max_nbytes(self: CacheSpec,
+               context_tokens: int, # tokens the sequence holds at the end (prompt and generated)
+               batch: int = 1, # sequences in the batch
+               prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
+               quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START, # quantized caches hold plain K/V until this many tokens
+              ) -> int:
+    "Peak bytes this one cache holds while `mlx_lm.generate` fills `context_tokens` tokens, for `batch` sequences."
+    runs = generate_runs(context_tokens, 0, prefill_step_size)
+    return run_nbytes([(self, 1)], runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
 
 # %% ../nbs/01_spec.ipynb #f13be521
 _FRAME_FIELDS = ("kind", "cache_class", "layers", "window", "keep", "n_kv_heads", "k_head_dim", "v_head_dim",

@@ -221,13 +221,7 @@ def admit(self: PoolStore, seq_id, # any hashable id, new to the pool
          ) -> int:
     "Admit a sequence at the longest cached prefix of `prompt`, always leaving a token to run; returns that prefix's length."
     toks, n = parse_tokens(prompt)
-    if toks is None: return self.pool.admit(seq_id, 0)      # a count: no prefix to find, every token left to run
-    with self.pool.transaction():
-        hit = self.pool.prefix_tokens(toks[:len(toks) - 1])
-        got = self.pool.admit(seq_id, toks[:hit])
-        if got != hit:                                       # cannot happen under the transaction: never hand out a wrong prefix
-            self.pool.free(seq_id); raise PoolError(f"sequence {seq_id!r}: {hit} tokens were cached, admit found {got}")
-        return hit
+    return self.pool.admit(seq_id, 0 if toks is None else toks, cached_only=True)   # a count: every token left to run
 
 # %% ../nbs/06_store.ipynb #42416c76
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
