@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import __version__
 from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_names, text_config
-from .plan import check_context, format_bytes, plan
+from .plan import format_bytes, plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 from .demo import DEMO_CONFIGS, demo_model
@@ -102,8 +102,8 @@ def inspect_report(spec: ModelCacheSpec, context: int, batch: int = 1, prefill_s
                    config: dict | None = None, # the model's config (for `cache_facts`)
                   ) -> dict:
     "What `kvspec inspect` reports, as plain data."
-    context = check_context(context)  # at most MAX_PLANNED_CONTEXT_TOKENS, as for `kvspec plan`
-    batch, prefill_step_size = (check_int(v, n) for v, n in ((batch, "batch"), (prefill_step_size, "prefill_step")))
+    context, batch, prefill_step_size = (check_int(v, n) for v, n in
+                                         ((context, "context"), (batch, "batch"), (prefill_step_size, "prefill_step")))
     quantized_kv_start = check_int(quantized_kv_start, "quantized_kv_start", minimum=0)
     per_kind: dict[str, dict] = {}
     for c in spec.caches:

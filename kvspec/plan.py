@@ -17,9 +17,9 @@ from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, ModelCacheSpec, kv_slot_b
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'MAX_PLANNED_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes',
-           'format_bytes', 'format_budget', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit',
-           'check_context', 'capacity', 'max_context', 'Plan', 'below_note', 'plan']
+__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
+           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'below_note',
+           'plan']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -88,22 +88,16 @@ def seed_formula_nbytes(config: dict, # a config.json, as a dict
 # %% ../nbs/08_plan.ipynb #57936bf5
 MAX_CONTEXT_TOKENS = 1 << 24  # 16,777,216: the search stops here
 REPLAY_CONTEXT_TOKENS = 1 << 17  # 131,072: ... or here, for a spec with a cache sized by lazy replay (costs grow per token replayed)
-MAX_PLANNED_CONTEXT_TOKENS = 1 << 26  # 67,108,864: the longest context sized at all (6x Llama 4 Scout's 10M window)
 
 def context_limit(spec: ModelCacheSpec) -> int:
     "Context (tokens) at which the longest-context search stops for `spec`."
     replayed = any(c.replay is not None for c in (*spec.caches, *spec.leaves()))
     return REPLAY_CONTEXT_TOKENS if replayed else MAX_CONTEXT_TOKENS
 
-def _count(v, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+def _count(v, name: str, minimum: int = 1) -> int:
     "`check_int`, after reading ASCII decimal text as a number (not isdigit: '²' is a digit that int() refuses)."
     if isinstance(v, str) and v.strip().isascii() and v.strip().isdecimal(): v = int(v)
-    return check_int(v, name, minimum=minimum, maximum=maximum, error=InvalidBudget)
-
-def check_context(context, # tokens, as an int or decimal text
-                 ) -> int:
-    "A context to size: a positive integer of at most `MAX_PLANNED_CONTEXT_TOKENS`, else `InvalidBudget` naming the limit."
-    return _count(context, "context", maximum=MAX_PLANNED_CONTEXT_TOKENS)
+    return check_int(v, name, minimum=minimum, error=InvalidBudget)
 
 # %% ../nbs/08_plan.ipynb #9f1d32b6
 def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step: int = 2048,
@@ -112,7 +106,7 @@ def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step
              batch: int = 1, # sequences are cached `batch` at a time, in one batched cache
             ) -> int:
     "How many sequences of `context` tokens fit in `budget` bytes of KV cache."
-    budget, context, batch = parse_bytes(budget), check_context(context), _count(batch, "batch")
+    budget, context, batch = parse_bytes(budget), _count(context, "context"), _count(batch, "batch")
     steady, peak = spec.generate_nbytes(context, 0, batch, _count(prefill_step, "prefill_step"),
                                         _count(quantized_kv_start, "quantized_kv_start", 0))
     per = peak if at_peak else steady
@@ -233,8 +227,8 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
         ) -> Plan:
     "How many sequences of `context` tokens fit in `budget`, and how long a context `sequences` sequences can have."
     budget = parse_bytes(budget)
-    context = check_context(context)
-    prefill_step, sequences, batch = (_count(v, n) for v, n in ((prefill_step, "prefill_step"), (sequences, "sequences"), (batch, "batch")))
+    context, prefill_step, sequences, batch = (_count(v, n) for v, n in ((context, "context"), (prefill_step, "prefill_step"),
+                                                                          (sequences, "sequences"), (batch, "batch")))
     qstart = _count(quantized_kv_start, "quantized_kv_start", 0)
     spec, name, cfg = _spec_for(model, dtype, kv_bits, max_kv_size)
     steady, peak = spec.generate_nbytes(context, 0, batch, prefill_step, qstart)
