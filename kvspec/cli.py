@@ -20,12 +20,13 @@ from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 from .demo import DEMO_CONFIGS, demo_model
 from .serve import add_serve_arguments, serve
+from .shard import format_group_report, group_report
 
 # %% auto #0
-__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'subcommand', 'cache_rows', 'cache_facts',
-           'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command', 'add_plan_parser',
-           'presets_command', 'add_presets_parser', 'serve_command', 'add_serve_parser', 'demo_model_command',
-           'add_demo_model_parser', 'join_dash_values', 'build_parser', 'main']
+__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'ranks_command', 'subcommand', 'cache_rows',
+           'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command',
+           'add_plan_parser', 'presets_command', 'add_presets_parser', 'serve_command', 'add_serve_parser',
+           'demo_model_command', 'add_demo_model_parser', 'join_dash_values', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -53,8 +54,21 @@ def model_options(context: int | None = 4096, # default for --context; None make
                    help="mlx-lm's max_kv_size: full caches become RotatingKVCaches of this many tokens "
                         "(mlx-lm ignores it for models with their own make_cache; a note says so)")
     p.add_argument("--prefill-step", type=count, default=2048, help="mlx_lm.generate's prefill_step_size (default 2048)")
+    p.add_argument("--tp", type=count, default=1, help="tensor-parallel ranks (mlx-lm's model.shard): one row per rank (default 1)")
+    p.add_argument("--pp", type=count, default=1, help="pipeline ranks (mlx-lm's model.pipeline): one row per rank (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+# %% ../nbs/09_cli.ipynb #47aefc15
+def ranks_command(args, memory=None, # each machine's memory, if the command has one
+                 ) -> int | None:
+    "With `--tp`/`--pp` above 1: print one row per rank (kvspec.shard.group_report) and return 0; otherwise None."
+    if (args.tp, args.pp) == (1, 1): return None
+    r = group_report(args.model, tp_size=args.tp, pp_size=args.pp, context=args.context, memory=memory, batch=args.batch,
+                     prefill_step=args.prefill_step, quantized_kv_start=args.quantized_kv_start, dtype=args.dtype,
+                     kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
+    print(json.dumps(r, indent=1) if args.json else format_group_report(r))
+    return 0
 
 # %% ../nbs/09_cli.ipynb #0790b2b8
 SUBCOMMANDS: dict[str, Callable] = {}  # name of a function adding one subcommand's parser: the function
@@ -171,6 +185,7 @@ def _print_inspect(r: dict, spec: ModelCacheSpec, out):
 
 def inspect_command(args) -> int:
     "`kvspec inspect`: print a model's per-cache spec and its bytes at `--context` (or one JSON object)."
+    if (code := ranks_command(args)) is not None: return code
     spec = ModelCacheSpec.from_pretrained(args.model, dtype=args.dtype, kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
     report = inspect_report(spec, args.context, args.batch, args.prefill_step, args.quantized_kv_start, load_config(args.model)[0])
     if args.json: print(json.dumps(report, indent=1))
@@ -189,6 +204,7 @@ BUDGET_HELP = ("memory for the KV cache: a number with a unit, 16GiB or 16G (bin
 
 def plan_command(args) -> int:
     "`kvspec plan`: print the plan for one model, budget and context (or one JSON object)."
+    if (code := ranks_command(args, args.budget)) is not None: return code  # --budget: each machine's memory
     pl = plan(args.model, args.budget, args.context, kv_bits=args.kv_bits, prefill_step=args.prefill_step,
               sequences=args.sequences, dtype=args.dtype, quantized_kv_start=args.quantized_kv_start,
               batch=args.batch, max_kv_size=args.max_kv_size)
@@ -199,7 +215,7 @@ def plan_command(args) -> int:
 def add_plan_parser(sub):
     "Register `kvspec plan NAME_OR_PATH --budget 16GiB --context 32768 [--sequences N] [shared model options]`."
     p = sub.add_parser("plan", parents=[model_options(None)], help="how many sequences of a context fit in a KV-cache memory budget")
-    p.add_argument("--budget", required=True, help=BUDGET_HELP)
+    p.add_argument("--budget", required=True, help=BUDGET_HELP + "; with --tp/--pp, each machine's memory for weights and KV")
     p.add_argument("--sequences", type=count, default=1, help="sequences to find the longest context for (default 1)")
     p.set_defaults(run=plan_command)
 
