@@ -9,7 +9,7 @@ Each preset runs in a fresh subprocess so its peak RSS is its own. Reported per 
                one sequence, searches the longest context): what `kvspec plan` costs beyond starting Python
 Usage: python bench/bench_spec.py [--repeats 5] [--out bench/results/spec.json]
 """
-import argparse, json, platform, subprocess, sys
+import argparse, json, os, platform, subprocess, sys
 from pathlib import Path
 
 CHILD = r"""
@@ -40,12 +40,13 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "spec.json"))
     args = ap.parse_args()
     from kvspec.config import preset_names
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for name in preset_names():
         out = subprocess.run([sys.executable, "-c", CHILD, name, str(args.repeats)], capture_output=True, text=True)
         if out.returncode: rows.append(dict(preset=name, error=out.stderr.strip().splitlines()[-1])); continue
         rows.append(json.loads(out.stdout)); print(rows[-1])
     result = dict(machine=f"{platform.machine()}, {platform.system()}, python {platform.python_version()}",
+                  cpus=os.cpu_count(), load_avg=[round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-min load, start and end
                   repeats=args.repeats, targets=dict(ms=100, mb=150), rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -63,9 +63,15 @@ def from_config(cls: ModelCacheSpec,
                 kv_group_size: int = 64,        # values per quantization group
                 max_kv_size: int | None = None, # as make_prompt_cache(model, max_kv_size)
                 origin: str | None = None,      # where a config dict came from (a path), named in every message
+                tp_size: int = 1, tp_rank: int = 0, # tensor-parallel ranks and this one (mlx-lm's model.shard)
+                pp_size: int = 1, pp_rank: int = 0, # pipeline ranks and this one (mlx-lm's model.model.pipeline)
                ) -> ModelCacheSpec:
-    "The exact cache spec of the model a config describes, built without weights."
+    "The exact cache spec of the model a config describes, built without weights (of one rank, if split)."
     cfg, origin = load_config(config, origin)
+    if (tp_size, tp_rank, pp_size, pp_rank) != (1, 0, 1, 0):  # one rank of a split model: kvspec.shard builds it
+        from kvspec.shard import rank_spec
+        return rank_spec(cfg, origin=origin, tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, dtype=dtype,
+                         kv_bits=kv_bits, kv_group_size=kv_group_size, max_kv_size=max_kv_size).spec
     if dtype is None: dtype, _ = config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
     _check_options(origin, max_kv_size=max_kv_size, kv_bits=kv_bits, kv_group_size=kv_group_size)

@@ -23,7 +23,6 @@ from .demo import DEMO_CONFIGS, demo_model
 from .serve import add_serve_arguments, serve
 from .shard import format_group_report, group_report
 
-
 # %% auto #0
 __all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'ranks_command', 'subcommand', 'cache_rows',
            'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command',

@@ -216,11 +216,15 @@ def _differ_note(resident: dict[str, int], disk: dict[str, int]) -> str:
 
 def weights(source, # a config dict, config.json, model directory, preset name or hub id
             *, dtype: str | None = None, # floating dtype of the weights (default: the config's torch_dtype)
+            tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0, # one rank of a split model (kvspec.shard)
            ) -> WeightsSpec:
     "Exact bytes of the parameters `mlx_lm.utils.load_model` holds for this model, from its config alone."
     cfg, origin = load_config(source)
     if dtype is not None and dtype not in CACHE_DTYPES:
         raise ConfigError(f"dtype={dtype!r} is not one of {CACHE_DTYPES}")
+    if (tp_size, tp_rank, pp_size, pp_rank) != (1, 0, 1, 0):  # what sharded_load holds on that rank
+        from kvspec.shard import rank_spec
+        return rank_spec(source, tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, dtype=dtype).weights
     dtype, dtype_source = (dtype, "dtype argument") if dtype else config_dtype(cfg, origin)
     model = tie_at_load(weightless_model(cfg, dtype, origin), cfg)
     num_params = sum(v.size for _, v in tree_flatten(model.parameters()))
@@ -384,6 +388,7 @@ def fit(model, # a preset name, config.json, model directory, config dict or hub
         prefill_step: int = 2048, # mlx_lm.generate's prefill_step_size
         max_tokens: int = 0, # tokens generated after the prompt
         dtype: str | None = None, # weights and activations (default: the config's torch_dtype)
+        tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0, # one rank of a split model (kvspec.shard)
        ) -> Fit:
     "Whether the model, at this context and batch, fits in memory — and the longest context and largest batch that do."
     context = check_int(context, "context", maximum=MAX_FIT_CONTEXT, error=KVSpecError)
@@ -393,8 +398,9 @@ def fit(model, # a preset name, config.json, model directory, config dict or hub
     if kv_bits is not None: kv_bits = check_int(kv_bits, "kv_bits", maximum=8, error=KVSpecError)
     mem = machine_memory(memory)
     cfg, origin = load_config(model)
-    w = weights(cfg if isinstance(model, dict) else model, dtype=dtype)
-    spec = ModelCacheSpec.from_config(cfg if isinstance(model, dict) else model, dtype=dtype, kv_bits=kv_bits)
+    ranks = dict(tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank)
+    w = weights(cfg if isinstance(model, dict) else model, dtype=dtype, **ranks)
+    spec = ModelCacheSpec.from_config(cfg if isinstance(model, dict) else model, dtype=dtype, kv_bits=kv_bits, **ranks)
     total = lambda c, b: w.nbytes + sum(peak_total_nbytes(cfg, spec, w.nbytes, c, b, prefill_step, max_tokens)[1:])
     steady, peak, reserve = peak_total_nbytes(cfg, spec, w.nbytes, context, batch, prefill_step, max_tokens)
     longest = _largest(lambda c: total(c, batch) <= mem.nbytes, MAX_FIT_CONTEXT)
@@ -407,7 +413,7 @@ def fit(model, # a preset name, config.json, model directory, config dict or hub
                memory_nbytes=mem.nbytes, memory_source=mem.source, max_context_tokens=longest, max_batch=widest,
                prompt_cache_bytes=max(0, mem.nbytes - w.nbytes - peak - reserve), notes=tuple(notes))
 
-# %% ../nbs/10_fit.ipynb #2ff01796
+# %% ../nbs/10_fit.ipynb #3f723656
 @patch
 def to_dict(self: Fit) -> dict:
     "The fit as plain data, with the total and the verdict."
@@ -433,7 +439,7 @@ def __repr__(self: Fit) -> str: return "\n".join(self.lines())
 @patch
 def _repr_markdown_(self: Fit) -> str: return "\n".join(f"- {l}" if i else f"**{l}**" for i, l in enumerate(self.lines()))
 
-# %% ../nbs/10_fit.ipynb #73e27c7f
+# %% ../nbs/10_fit.ipynb #5df16f97
 class FitError(KVSpecError):
     "A request that would not fit in the memory a guard was given."
 
@@ -460,7 +466,7 @@ def guard(model, # a loaded mlx-lm model (mlx_lm.load / load_model)
                  batch=check_int(batch, "batch", maximum=MAX_FIT_BATCH, error=KVSpecError),
                  prefill_step=check_int(prefill_step, "prefill_step", maximum=MAX_FIT_CONTEXT, error=KVSpecError))
 
-# %% ../nbs/10_fit.ipynb #c6a3a28b
+# %% ../nbs/10_fit.ipynb #afb95a51
 @patch
 def peak_nbytes(self: Guard, prompt_tokens: int, max_tokens: int = 0) -> int:
     "Weights + KV peak + reserve of one request."

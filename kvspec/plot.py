@@ -15,7 +15,7 @@ from .spec import PATTERN_LETTERS, ModelCacheSpec, generate_chunks
 
 # %% auto #0
 __all__ = ['KIND_COLORS', 'ABSENT', 'pattern_grid', 'plot_pattern', 'memory_by_kind', 'plot_memory', 'plot_capacity',
-           'index_ranges', 'fields_table', 'layer_table', 'cache_table']
+           'index_ranges', 'fields_table', 'layer_table', 'cache_table', 'findings']
 
 # %% ../nbs/07_plot.ipynb #12ea068f
 KIND_COLORS = {"full": "#1f4e79", "sliding": "#f28e2b", "chunked": "#59a14f", "state": "#8e6cbf",
@@ -165,3 +165,25 @@ def cache_table(caches: list):
                         "chunk_size": k[3], "step": k[4], "members": k[5]} for k, ix in groups.items()]).set_index("caches")
     for col in ("max_size", "keep", "chunk_size", "step", "members"): df[col] = df[col].astype("Int64")
     return df.dropna(axis=1, how="all")  # columns no cache here has
+
+# %% ../nbs/07_plot.ipynb #f29f4429
+def findings(spec: ModelCacheSpec,   # the model's spec, as the notebook built it
+             preset: str,            # the preset, config.json or hub id `plan` sizes (the same model)
+             budget="16GiB",         # memory budget for `plan`: bytes or a size such as "16GiB"
+             context: int = 32768,   # tokens per sequence
+            ) -> tuple:
+    "Print a model notebook's Findings (versions, caches, bytes at `context`, what fits `budget`); returns (steady, peak, plan)"
+    import mlx.core as mx, mlx_lm
+    from kvspec.plan import plan
+    steady, peak = spec.generate_nbytes(context)
+    p = plan(preset, budget, context)
+    print(f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}")
+    print(f"{len(spec.caches)} caches for {spec.num_layers} layers: {dict(spec.kinds())}, pattern {spec.pattern}")
+    print(f"kv heads {spec.num_kv_heads}, head_dim {spec.head_dim} (v {spec.v_head_dim}), sliding window {spec.sliding_window}, dtype {spec.dtype}")
+    print(f"{context:,}-token context, one sequence: {steady:,} bytes ({format_bytes(steady)}) steady, {peak:,} ({format_bytes(peak)}) "
+          f"prefill peak; all layers full attention {p.naive_full_bytes:,} ({format_bytes(p.naive_full_bytes)})")
+    print(f"{format_bytes(p.budget_bytes)} at {context:,} tokens: {p.num_sequences} sequence(s) (all layers full attention: "
+          f"{p.naive_full_sequences}, 2·layers·kv_heads·head_dim·bytes formula: {p.seed_formula_sequences}); "
+          f"longest single context {p.max_context_tokens:,} tokens")
+    return steady, peak, p
+

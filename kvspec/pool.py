@@ -585,7 +585,7 @@ def prefix_tokens(self: BlockPool, tokens) -> int:
 # %% ../nbs/05_pool.ipynb #521184f9
 @patch
 def stats(self: BlockPool) -> list[dict]:
-    "Per group: blocks used, cached (unreferenced, evictable), free (cached included), bytes, utilisation, waste."
+    "Per group: blocks used, shared (held by more than one sequence), cached (unreferenced, evictable), free (cached included), bytes, utilisation, waste."
     with self._lock:
         out = []
         for g, grp in enumerate(self.groups):
@@ -596,7 +596,7 @@ def stats(self: BlockPool) -> list[dict]:
                 for s in self._seqs.values():
                     live = min(s.num_tokens, grp.window) if grp.window else s.num_tokens
                     waste += (len(s.tables[g]) * self.block_tokens - live) * slot
-            out.append(dict(group=grp.name, blocks=grp.num_blocks, used=used, cached=len(self._lru[g]),
+            out.append(dict(group=grp.name, blocks=grp.num_blocks, used=used, shared=sum(r > 1 for r in self._ref[g]), cached=len(self._lru[g]),
                             free=self._avail(g), block_bytes=grp.block_bytes, used_bytes=used * grp.block_bytes,
                             total_bytes=grp.num_blocks * grp.block_bytes,
                             utilisation=used / grp.num_blocks if grp.num_blocks else 0.0, waste_bytes=waste))

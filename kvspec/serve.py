@@ -257,7 +257,7 @@ def stats(self: PoolPromptCache) -> dict:
         return dict(budget_nbytes=self.budget_nbytes, storage_nbytes=total("budget_nbytes"), cache_nbytes=total("cache_nbytes"),
                     held_nbytes=self.held_nbytes(), blocks_total=total("blocks_total"), blocks_used=total("blocks_used"),
                     blocks_shared=total("blocks_shared"), block_tokens=self.pool.block_tokens, fit_tokens=self.fit_tokens,
-                    entries=len(self.entries), **self.counters, groups=groups)
+                    entries=len(self.entries), **self.counters, sharing=self.pool.sharing(), groups=groups)
 
 # %% ../nbs/12_serve.ipynb #8ea59e5d
 def write_atomic(path: Path,   # the file to (re)place
@@ -306,7 +306,7 @@ def load_dir(self: PoolPromptCache):
         self.entries[key] = dict(seq=p.stem, cache_type=meta.get("cache_type", "assistant"))
         self.counters["loaded"] += 1
 
-# %% ../nbs/12_serve.ipynb #cae3f3c4
+# %% ../nbs/12_serve.ipynb #fce11655
 def prompt_token_count(tokenizer, request) -> int | None:
     "Tokens of a request's prompt as its chat template or plain encoding gives them (None: it cannot be counted here)."
     try:
@@ -326,7 +326,7 @@ def admission_refusal(fit: int | None,           # most tokens one sequence may 
     return (f"prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} needs {prompt_tokens + max_tokens} tokens of cache; "
             f"at most {fit} tokens fit the prompt cache budget, so this prompt may ask for max_tokens <= {max(0, fit - prompt_tokens)}")
 
-# %% ../nbs/12_serve.ipynb #df7b9752
+# %% ../nbs/12_serve.ipynb #69b71918
 def add_mlx_lm_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add every option `mlx_lm.server` takes to `parser`, read from its own `main()` (so a new option there is one here)."
     import mlx_lm.server as srv
@@ -353,7 +353,7 @@ def serve_parser() -> argparse.ArgumentParser:
     "A parser of `kvspec serve`'s options alone (the `kvspec` CLI adds them to its `serve` subcommand)."
     return add_serve_arguments(argparse.ArgumentParser(prog="kvspec serve", description="mlx-lm's server with kvspec's block pool as its prompt cache."))
 
-# %% ../nbs/12_serve.ipynb #69b71918
+# %% ../nbs/12_serve.ipynb #170ef07f
 def model_identity(path) -> str:
     "A digest naming a model directory's weights: its config, and each safetensors file's name, size and first MiB."
     p, h = Path(path), hashlib.sha256()
@@ -372,7 +372,7 @@ def make_prompt_cache_for(args) -> PoolPromptCache:
     return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=args.cache_dir,
                            model_id=model_identity(args.model), context_tokens=args.balance_tokens)
 
-# %% ../nbs/12_serve.ipynb #170ef07f
+# %% ../nbs/12_serve.ipynb #1a97ede6
 def make_handler(tokenizer):  # the served model's tokenizer, to count prompt tokens for admission
     "mlx-lm's `APIHandler`, plus `GET /kvspec/stats` and admission control (a 400 before a request that cannot fit runs)."
     from mlx_lm.server import APIHandler
@@ -391,7 +391,7 @@ def make_handler(tokenizer):  # the served model's tokenizer, to count prompt to
             super().handle_completion(request, stop_words)
     return KVSpecHandler
 
-# %% ../nbs/12_serve.ipynb #f144a534
+# %% ../nbs/12_serve.ipynb #9b0af776
 def serve(args,        # options from `serve_parser`
           ready=None): # called with the HTTP server once it listens
     "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache."

@@ -23,7 +23,7 @@ from .spec import ModelCacheSpec
 # %% auto #0
 __all__ = ['COLLECTIVES', 'ShardError', 'StandInGroup', 'lazy_collectives', 'sharding_support', 'check_ranks', 'shard_weightless',
            'RankSpec', 'rank_spec', 'group_specs', 'rank_table', 'binding_rank', 'group_max_context', 'group_report',
-           'format_group_report', 'rank_pool']
+           'format_group_report', 'group_fit', 'rank_pool']
 
 # %% ../nbs/11_shard.ipynb #f10c16bc
 class ShardError(ConfigError):
@@ -134,11 +134,12 @@ def _renumber(spec: ModelCacheSpec, positions: list, size: int) -> ModelCacheSpe
 def rank_spec(config, # a config dict, config.json, model directory, preset name or hub id
               *, tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0,
               dtype: str | None = None, kv_bits: int | None = None, kv_group_size: int = 64, max_kv_size: int | None = None,
+              origin: str | None = None, # where a config dict came from, for messages
              ) -> RankSpec:
     "The caches and weights mlx-lm's own sharding gives one rank, built without weights or a process group."
-    cfg, origin = load_config(config)
+    cfg, origin = load_config(config, origin)
     check_ranks(tp_size, tp_rank, pp_size, pp_rank, origin)
-    if dtype is None: dtype, _ = config_dtype(cfg, origin)
+    dtype, dtype_source = (dtype, "dtype argument") if dtype else config_dtype(cfg, origin)
     if dtype not in CACHE_DTYPES: raise ConfigError(f"{origin}: dtype {dtype!r} is not one of {CACHE_DTYPES}")
     model = tie_at_load(weightless_model(cfg, dtype, origin), cfg)
     num_params = sum(v.size for _, v in tree_flatten(model.parameters()))
@@ -150,7 +151,7 @@ def rank_spec(config, # a config dict, config.json, model directory, preset name
     note = f"rank pp{pp_rank}/tp{tp_rank} of tp={tp_size} × pp={pp_size}: layers {layers[0]}-{layers[1] - 1}"
     spec = dataclasses.replace(_renumber(spec, [index.get(id(l)) for l in model_layers(model)], pp_size),
                                model_type=cfg.get("model_type", spec.model_type), source=origin, notes=(*spec.notes, note))
-    weights = weights_from_model(model, model_type=cfg.get("model_type", ""), origin=origin, dtype=dtype,
+    weights = weights_from_model(model, model_type=cfg.get("model_type", ""), origin=origin, dtype=dtype, dtype_source=dtype_source,
                                  quantization=quant_settings(cfg, origin)[0], num_params=num_params)
     return RankSpec(tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, layers=layers, spec=spec, weights=weights)
 
@@ -228,6 +229,23 @@ def format_group_report(r: dict) -> str:
     lines.append(f"binding rank: {r['binding_rank']}" + ("" if "max_context_tokens" not in r else
                  f"; longest context the group serves: {r['max_context_tokens']:,} tokens"))
     return "\n".join(lines)
+
+# %% ../nbs/11_shard.ipynb #dbaccfea
+def group_fit(config, # a preset name, config.json, model directory, config dict or hub id
+              *, tp_size: int = 1, pp_size: int = 1,
+              memory, # each machine's memory: one size for all, or one per rank
+              context: int, **kwargs, # as `kvspec.fit.fit` (batch, kv_bits, prefill_step, max_tokens, dtype)
+             ) -> dict:
+    "`kvspec.fit.fit` for every rank of the group: the per-rank fits, the binding rank, the longest context all serve."
+    from kvspec.fit import fit
+    _, origin = load_config(config)
+    check_ranks(tp_size, 0, pp_size, 0, origin)
+    mems = _memories(memory, tp_size * pp_size)
+    fits = [fit(config, memory=mems[p * tp_size + t], context=context, tp_size=tp_size, tp_rank=t, pp_size=pp_size, pp_rank=p, **kwargs)
+            for p in range(pp_size) for t in range(tp_size)]
+    headroom = [f.memory_nbytes - f.total_peak_nbytes for f in fits]
+    return dict(model=origin, tp_size=tp_size, pp_size=pp_size, fits=fits, fits_all=all(f.fits for f in fits),
+                binding_rank=headroom.index(min(headroom)), max_context_tokens=min(f.max_context_tokens for f in fits))
 
 # %% ../nbs/11_shard.ipynb #2d59d29a
 def rank_pool(rank: RankSpec, # one entry of `group_specs(...)`

@@ -266,13 +266,30 @@ def state_nbytes(self: CacheSpec) -> int:
 # %% ../nbs/01_spec.ipynb #b202cac5
 PATTERN_LETTERS = {"full": "F", "sliding": "S", "chunked": "C", "state": "R", "composite": "M", "unused": "-", "unknown": "?"}
 
-def compact_pattern(letters: str) -> str:
-    "Shortest repeating unit of a pattern string, as `unit × count`."
+def _longest_repeat(letters: str, i: int, max_unit: int = 32) -> tuple[int, int]:
+    "(unit length, count) of the repeat starting at `i` that covers the most letters (count 1 if none)."
+    best = (1, 1)
+    for p in range(1, min(max_unit, (len(letters) - i) // 2) + 1):
+        k = 1
+        while letters[i + k * p: i + (k + 1) * p] == letters[i: i + p]: k += 1
+        if k >= 2 and p * k >= 4 and p * k > best[0] * best[1]: best = (p, k)
+    return best
+
+def compact_pattern(letters: str, # one letter per cache (PATTERN_LETTERS)
+                    width: int = 24, # a pattern up to this long that is no whole repeat is shown as it is
+                   ) -> str:
+    "A pattern string made readable: `unit × count` for a whole repeat, else run-length groups such as `(FMMM) × 15 F`."
     n = len(letters)
-    for p in range(1, n + 1):
-        if n % p == 0 and letters[:p] * (n // p) == letters:
-            return f"{letters[:p]} × {n // p}" if n // p > 1 else letters
-    return letters
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and letters[:p] * (n // p) == letters: return f"{letters[:p]} × {n // p}"
+    if n <= width: return letters
+    out, literal, i = [], "", 0
+    while i < n:
+        p, k = _longest_repeat(letters, i)
+        if k == 1: literal += letters[i]; i += 1; continue
+        if literal: out.append(literal); literal = ""
+        out.append(f"{letters[i]} × {k}" if p == 1 else f"({letters[i:i + p]}) × {k}"); i += p * k
+    return " ".join(out + [literal] * bool(literal))
 
 # %% ../nbs/01_spec.ipynb #c67053ad
 def _one_or_all(values):
@@ -459,6 +476,37 @@ def max_nbytes(self: CacheSpec,
     runs = generate_runs(context_tokens, 0, prefill_step_size)
     return run_nbytes([(self, 1)], runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
 
+# %% ../nbs/01_spec.ipynb #1927076e
+@patch(as_prop=True)
+def kv_dtype(self: ModelCacheSpec) -> str | None:
+    "How K/V is stored, as sized: the dtype, or e.g. `4-bit (group 64, bfloat16 scales)`; None without K/V caches."
+    kinds = sorted({f"{l.bits}-bit (group {l.group_size}, {l.dtype} scales)" if l.bits else l.dtype
+                    for l in self.leaves() if l.n_kv_heads and l.dtype})
+    return " / ".join(kinds) or None
+
+@patch(as_prop=True)
+def state_dtype(self: ModelCacheSpec) -> str | None:
+    "The dtype(s) of recurrent state, or None without any."
+    return " / ".join(sorted({d for l in self.leaves() for d in l.state_dtypes})) or None
+
+@patch(as_prop=True)
+def windows(self: ModelCacheSpec) -> tuple[int, ...]:
+    "Every distinct sliding window (RotatingKVCache max_size), smallest first."
+    return tuple(sorted({l.window for l in self.leaves() if l.kind == "sliding" and l.window}))
+
+@patch(as_prop=True)
+def chunk_sizes(self: ModelCacheSpec) -> tuple[int, ...]:
+    "Every distinct attention chunk (ChunkedKVCache chunk_size), smallest first."
+    return tuple(sorted({l.window for l in self.leaves() if l.kind == "chunked" and l.window}))
+
+@patch(as_prop=True)
+def latent_dims(self: ModelCacheSpec) -> tuple[int, int] | None:
+    "(latent, rope) widths when the K/V caches hold an MLA latent (one shared head, K and V widths differ), else None."
+    attn = [l for l in self.leaves() if l.n_kv_heads]
+    if attn and all(l.n_kv_heads == 1 and l.k_head_dim != l.v_head_dim for l in attn) and len({(l.k_head_dim, l.v_head_dim) for l in attn}) == 1:
+        return attn[0].k_head_dim, attn[0].v_head_dim
+    return None
+
 # %% ../nbs/01_spec.ipynb #f13be521
 _FRAME_FIELDS = ("kind", "cache_class", "layers", "window", "keep", "n_kv_heads", "k_head_dim", "v_head_dim",
                  "dtype", "bits", "group_size", "state_shapes")
@@ -488,15 +536,22 @@ def to_frame(self: ModelCacheSpec):
 # %% ../nbs/01_spec.ipynb #660d5441
 @patch
 def summary(self: ModelCacheSpec) -> str:
-    "One line: caches by kind, layers, pattern, KV heads, head dims, windows and the dtype sized."
+    "One line: caches by kind, layers, pattern, KV heads, head dims, every window and chunk, and the dtypes sized."
     kinds = ", ".join(f"{n} {k}" for k, n in self.kinds().items())
-    return (f"{self.model_type}: {len(self.caches)} caches ({kinds}) for {self.num_layers} layers, "
-            f"pattern {self.pattern}, kv heads {self.num_kv_heads}, head_dim {self.head_dim}, "
-            f"sliding window {self.sliding_window}, {self.dtype}")
+    if self.latent_dims: dims = "cached latent {} + rope {} (MLA, one shared KV head)".format(*self.latent_dims)
+    elif self.v_head_dim != self.head_dim: dims = f"head_dim {self.head_dim} (v {self.v_head_dim})"
+    else: dims = f"head_dim {self.head_dim}"
+    spans = ([f"sliding window{'s' * (len(self.windows) > 1)} {', '.join(map(str, self.windows))}"] * bool(self.windows)
+             + [f"attention chunk{'s' * (len(self.chunk_sizes) > 1)} {', '.join(map(str, self.chunk_sizes))}"] * bool(self.chunk_sizes))
+    dtypes = ([f"KV {self.kv_dtype}"] * bool(self.kv_dtype) + [f"state {self.state_dtype}"] * bool(self.state_dtype)) or [self.dtype]
+    return ", ".join([f"{self.model_type}: {len(self.caches)} caches ({kinds}) for {self.num_layers} layers",
+                      f"pattern {self.pattern}", f"kv heads {self.num_kv_heads}", dims,
+                      *(spans or ["no sliding window"]), *dtypes])
 
 @patch
 def __repr__(self: ModelCacheSpec) -> str: return f"ModelCacheSpec({self.summary()})"
 
+# %% ../nbs/01_spec.ipynb #263e75e8
 def markdown_table(df) -> str:
     "A DataFrame as a GitHub markdown table, index included (no tabulate needed)."
     import pandas as pd

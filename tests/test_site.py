@@ -1,8 +1,9 @@
 """Browser test of the static docs site built by tools/build_site.py.
 
 Opens every page in headless Chromium (Debian's `chromium` + `chromium-driver`, driven with selenium) through a
-local http.server, and checks: HTTP 200, a title, the sidebar, that links within the site resolve, no console errors, no
-Python traceback in the page, and every figure loaded and visible. Screenshots of the index and the Gemma 3
+local http.server, and checks: HTTP 200, a title, the sidebar, that links within the site resolve (to a page, and for a
+`#fragment` to an element id that exists there), that nothing is clipped on the right at 1280 px (an element wider than
+its box with overflow hidden), no console errors, no Python traceback in the page, and every figure loaded and visible. Screenshots of the index and the Gemma 3
 model page are saved to `<site>/screenshots/`.
 
     KVSPEC_SITE_DIR=_site pytest tests/test_site.py   # test an already built site (what CI does)
@@ -10,7 +11,8 @@ model page are saved to `<site>/screenshots/`.
 
 Skipped when chromium, chromedriver or selenium are missing (CI installs them).
 """
-import functools, http.server, os, re, shutil, subprocess, sys, tempfile, threading, urllib.request
+import functools, html, http.server, json, os, re, shutil, subprocess, sys, tempfile, threading, urllib.parse, urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,41 @@ IMG_JS = """return [...document.images].map(i => [i.currentSrc.slice(0, 60), i.c
   i.getBoundingClientRect().width > 0 && i.getBoundingClientRect().height > 0])"""
 
 
+class _Ids(HTMLParser):
+    def __init__(self): super().__init__(); self.ids = set()
+    def handle_starttag(self, tag, attrs): self.ids.update(v for k, v in attrs if k in ('id', 'name') and v)
+
+
+@functools.lru_cache(None)
+def element_ids(path):
+    "Every `id` (and `name`) in the HTML file at `path`"
+    p = _Ids(); p.feed(Path(path).read_text(encoding='utf-8'))
+    return frozenset(p.ids)
+
+
+def link_problems(site, page, href):
+    "A link within the site (sidebar, nbdev's doc and [source] links, .ipynb links) must reach a page, and an element with its #fragment"
+    path, _, frag = href.partition('#')
+    if ':' in path or href.startswith('//'): return []  # another site (https:, mailto:, data:)
+    target = ((site / page).parent / path).resolve() if path else (site / page)
+    if not target.is_file(): return [f'broken link {href}']
+    ids = element_ids(target)  # as browsers look it up (HTML spec): the fragment as written, then percent-decoded
+    if frag and frag not in ids and urllib.parse.unquote(frag) not in ids: return [f'dangling anchor {href}: {target.relative_to(site)} has no id "{frag}"']
+    return []
+
+
+# Elements whose content is wider than their box and that hide the rest (overflow hidden/clip): e.g. code cut off on the right.
+CLIP_JS = """const out = [];
+if (document.documentElement.scrollWidth > window.innerWidth + 1) out.push(['the page (wider than the window)', 'page']);
+for (const el of document.querySelectorAll('#content *')) {
+  const cs = getComputedStyle(el);
+  if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1 && ['hidden', 'clip'].includes(cs.overflowX))
+    out.push([el.tagName.toLowerCase() + (el.className ? '.' + String(el.className).trim().split(/\\s+/).join('.') : '') + ': '
+              + el.innerText.slice(0, 60).replace(/\\s+/g, ' '), cs.overflowX]);
+}
+return out.slice(0, 10);"""
+
+
 def check_page(drv, base, site, page):
     "Problems found on `page` (empty if it renders fine), and its number of figures"
     url, errs = base + page, []
@@ -83,8 +120,7 @@ def check_page(drv, base, site, page):
     if not drv.title.strip(): errs.append('no <title>')
     if not drv.find_elements('css selector', '#sidebar a'): errs.append('no sidebar navigation')
     for href in drv.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))"):
-        path = href.split('#')[0]  # links within the site (sidebar, nbdev's doc links, .ipynb links) must resolve
-        if path and ':' not in path and not ((site / page).parent / path).resolve().is_file(): errs.append(f'broken link {href}')
+        errs += link_problems(site, page, href)
     if not drv.find_elements('css selector', 'h1.title'): errs.append('no page heading')
     text = drv.execute_script('return document.body.innerText')
     if TRACEBACK.search(text): errs.append('Python traceback in page: ' + text[TRACEBACK.search(text).start():][:300])
@@ -93,6 +129,7 @@ def check_page(drv, base, site, page):
     if len(imgs) < raw.count('<img'): errs.append(f'{raw.count("<img")} <img> in the HTML but {len(imgs)} in the page')
     errs += [f'figure not loaded: {src}' for src, ok, _ in imgs if not ok]
     errs += [f'figure not visible: {src}' for src, ok, vis in imgs if ok and not vis]
+    errs += [f'clipped (wider than its box, overflow {o}): {what}' for what, o in drv.execute_script(CLIP_JS)]
     errs += [f"console {e['level']}: {e['message']}" for e in drv.get_log('browser') if e['level'] in ('SEVERE', 'WARNING')]
     return errs, len(imgs)
 
@@ -126,3 +163,35 @@ def test_screenshot_gemma3(site, server, browser):
     gemma = [p for p in pages(site) if p.startswith('models/') and re.search(r'gemma[-_]?3', p)]
     if not gemma: pytest.skip('no Gemma 3 page yet (nbs/models/*gemma3*.ipynb): screenshot not taken')
     screenshot(browser, server + gemma[0], site / 'screenshots' / 'gemma3.png')
+
+
+def test_dangling_anchor_fails(site):
+    "The link check itself: a #fragment naming no element on its page is reported, one naming a heading is not"
+    assert link_problems(site, 'index.html', 'index.html#no-such-section-anywhere')
+    assert link_problems(site, 'index.html', '#no-such-section-anywhere')
+    ids = element_ids(site / 'index.html')
+    heading = next(i for i in ids if i not in ('sidebar', 'content', 'title-block') and not i.startswith('cell-id'))
+    assert not link_problems(site, 'index.html', f'index.html#{heading}'), heading
+
+
+def _text(s): return ' '.join(html.unescape(re.sub(r'<[^>]+>', '', s)).split())
+
+
+def test_hidden_cells_are_hidden(site):
+    "No `#| hide` cell's code appears on its page (nbdev's hide_ processor drops them after they ran)"
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from build_site import find_notebooks, page_path
+    leaks, checked = [], 0
+    for nb in find_notebooks(ROOT / 'nbs'):
+        page = site / page_path(nb, ROOT / 'nbs')
+        if not page.exists(): continue
+        text = _text(page.read_text(encoding='utf-8'))
+        for c in json.loads(nb.read_text(encoding='utf-8'))['cells']:
+            src = ''.join(c['source']).splitlines()
+            if c['cell_type'] != 'code' or not src or not re.match(r'#\|\s*hide\s*$', src[0]): continue
+            body = _text(html.escape('\n'.join(l for l in src if not l.startswith('#|'))))
+            if len(body) < 20: continue
+            checked += 1
+            if body in text: leaks.append(f'{page.relative_to(site)}: {body[:80]}')
+    print(f'{checked} hidden cells checked')
+    assert not leaks, 'hidden cells rendered:\n' + '\n'.join(leaks)

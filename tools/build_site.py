@@ -11,7 +11,9 @@ passed with `--flags`, `#| eval: false` cells never run; skipped cells keep thei
 Quarto cell options nbdev leaves behind (`echo`, `output`, `include`) are applied, and nbconvert's
 JupyterLab HTML template renders each page with a sidebar. Every page is self-contained (inline CSS,
 figures as data: URIs). `--no-exec` renders stored outputs (only `show_doc` cells run, as in `nbdev_docs`).
-A notebook that fails to execute fails the build, naming the notebook and the cell.
+A notebook that fails to execute fails the build, naming the notebook and the cell. `<out>/executed.json` records
+which notebooks ran without error and a fingerprint of the tree they ran in (`tree_fingerprint`): tests/test_notebooks.py
+does not run them a second time in that same tree (CI builds the site, then runs the tests).
 """
 import argparse, html, json, os, re, shutil, sys, time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +24,24 @@ GROUPS = {'': '', 'models': 'Models', 'experiments': 'Experiments'}  # sidebar o
 
 
 class NotebookError(Exception): pass
+
+
+def tree_fingerprint(root=ROOT):
+    """sha256 of everything a notebook run could read: each tracked or untracked-but-not-ignored file's path and content
+    (git ls-files), and the Python, mlx, mlx-lm, nbdev and execnb versions; None outside a git checkout"""
+    import hashlib, platform, subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    try: files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError): return None
+    h = hashlib.sha256(f'{sys.version} {platform.platform()}'.encode())
+    for pkg in ('mlx', 'mlx-lm', 'nbdev', 'execnb', 'fastcore'):
+        try: h.update(f'{pkg}={version(pkg)}'.encode())
+        except PackageNotFoundError: h.update(f'{pkg}=none'.encode())
+    for f in sorted(set(files.decode().split('\0')) - {''}):
+        p = Path(root) / f
+        h.update(f.encode() + b'\0')
+        if p.is_file(): h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def find_notebooks(nbs):
@@ -164,7 +184,13 @@ CSS = """body.jp-Notebook { padding: 0; margin: 0; }
 .callout { border-left: 4px solid #2a76dd; background: #f3f7fd; padding: .2rem 1rem; margin: .8rem 0; }
 .callout-warning { border-color: #e8a33d; background: #fdf8ee; } .callout-important { border-color: #cc3333; }
 .jp-OutputArea-output img { max-width: 100%; height: auto; }
-.jp-RenderedText pre { white-space: pre; overflow-x: auto; word-break: normal; }
+/* Code cells and text outputs: nbconvert's lab CSS clips the editor (overflow: hidden) and breaks output lines inside words
+   (break-all); long lines wrap at spaces instead, a word wider than the column breaks, wide HTML (tables) scrolls */
+#content .jp-OutputArea-output pre { white-space: pre-wrap; word-break: normal; overflow-wrap: anywhere; }
+.jp-InputArea-editor { overflow-x: auto; min-width: 0; }
+.jp-InputArea-editor .highlight pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+.jp-Cell-inputWrapper, .jp-Cell-outputWrapper, .jp-InputArea, .jp-OutputArea { min-width: 0; }
+.source .highlight pre { white-space: pre; overflow-x: auto; font-size: 13px; } .source .linenos { color: #999; }
 @media (max-width: 800px) { #sidebar { position: static; width: auto; } #content { margin-left: 0; } }
 """
 
@@ -187,7 +213,7 @@ def nav_html(pages, current):
     return '\n'.join(out)
 
 
-def render_site(pages, out, site_title, site_url=''):
+def render_site(pages, out, site_title, site_url='', git_url='', branch='main', source_links='site'):
     "Render processed notebooks (from `build_one`) to `out` with nbconvert's lab template and a sidebar"
     import nbformat
     from jinja2 import DictLoader
@@ -206,13 +232,93 @@ def render_site(pages, out, site_title, site_url=''):
                    prefix='../' * (len(Path(p['page']).parts) - 1), metadata=dict(name=f"{p['title']} – {site_title}"))
         p['html'] = exp.from_notebook_node(nbformat.reads(p['nb'], 4), resources=res)[0]
         p['toc'] = [(i, re.sub('<[^>]+>', '', t)) for i, t in re.findall(r'<h2 id="([^"]+)">(.*?)<a class="anchor-link"', p['html'])]
-    for p in pages:
-        dest = out / p['page']
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    sources = source_pages(pages, css, site_title) if source_links == 'site' else []
+    git = f"{git_url.rstrip('/')}/blob/{branch}/"
+    bodies = {}
+    for p in pages + sources:
+        prefix = '../' * (len(Path(p['page']).parts) - 1)
         body = p['html'].replace('<!--NAV-->', nav_html(pages, p), 1)
-        if site_url: body = body.replace(f'href="{site_url}/', 'href="' + '../' * (len(Path(p['page']).parts) - 1))
+        if site_url: body = body.replace(f'href="{site_url}/', 'href="' + prefix)
         body = re.sub(r'href="([^":#]+)\.ipynb', lambda m: 'href="' + str(page_path(Path('/' + m[1] + '.ipynb'), '/')), body)
-        dest.write_text(body, encoding='utf-8')  # links nbdev made to the published docs now stay on this site
+        if sources and git_url:  # nbdev's [source] links: to this site's copy of the module, same line anchor
+            body = re.sub(r'href="' + re.escape(git) + r'([^"#]+\.py)(#L\d+)?"', lambda m: f'href="{prefix}src/{m[1]}.html{m[2] or ""}"', body)
+        bodies[p['page']] = add_lowercase_ids(body)  # links nbdev made to the published docs now stay on this site
+    ids = {page: set(_re_id.findall(b)) for page, b in bodies.items()}
+    for page, body in bodies.items():
+        dest = out / page
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(fix_anchors(body, page, ids), encoding='utf-8')
+
+
+_re_id = re.compile(r'\sid="([^"]+)"')
+_re_href = re.compile(r'href="([^":"#]*)#([^"]+)"')
+
+_re_heading = re.compile(r'(<h[1-6] id="([^"]+)">)')
+
+def add_lowercase_ids(body):
+    "Each heading whose id has capitals also answers to its lowercase id (Quarto's and nbdev's form: `#cachespec.nbytes`)"
+    have = set(_re_id.findall(body))
+    def alias(m):
+        low = m[2].lower()
+        if low in have: return m[0]
+        have.add(low)
+        return f'{m[1]}<span id="{low}" class="anchor-alias"></span>'
+    return _re_heading.sub(alias, body)
+
+def resolve_anchor(frag, ids):
+    "The id in `ids` that link fragment `frag` means: itself, else the one id equal ignoring case, else the one `Class.frag`"
+    if frag in ids: return frag
+    for match in (lambda i: i.lower() == frag.lower(), lambda i: i.lower().endswith('.' + frag.lower())):
+        found = [i for i in ids if match(i)]
+        if len(found) == 1: return found[0]
+    return frag
+
+def fix_anchors(body, page, ids):
+    """In-site links `page.html#frag` point at an id that exists: nbdev writes lowercase anchors (`spec.html#cachespec`,
+    Quarto's ids) while nbconvert keeps the heading's case (`CacheSpec`); a link that resolves to no id is left as it is
+    (the browser test reports it)"""
+    def fix(m):
+        path, frag = m.groups()
+        target = (Path(page).parent / path).as_posix() if path else page
+        target = os.path.normpath(target).replace(os.sep, '/')
+        if target not in ids: return m[0]
+        return f'href="{path}#{resolve_anchor(html.unescape(frag), ids[target])}"'
+    def private(m):  # nbdev links every name in _modidx, `_private` ones too, but documents none of them: plain code
+        path, frag, inner = m.groups()
+        target = os.path.normpath((Path(page).parent / path).as_posix() if path else page).replace(os.sep, '/')
+        return inner if target in ids and resolve_anchor(html.unescape(frag), ids[target]) not in ids[target] else m[0]
+    return _re_href.sub(fix, _re_private.sub(private, body))
+
+_re_private = re.compile(r'<a href="([^":"#]*)#(_[^"]*)">(<code>[^<]*</code>)</a>')
+
+
+SOURCE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} – {site}</title>
+<link rel="icon" href="data:,"><style>{css}</style></head><body class="jp-Notebook"><nav id="sidebar">
+<a class="site-title" href="{prefix}index.html">{site}</a><!--NAV--></nav><div id="content"><header id="title-block">
+<h1 class="title">{title}</h1><p class="description">Exported from <a href="{prefix}{nbpage}">nbs/{nb}</a> by nbdev: edit the notebook, not this file.</p>
+</header><div class="source">{code}</div></div></body></html>"""
+
+def source_pages(pages, css, site_title):
+    "One highlighted page per exported module (`src/kvspec/spec.py.html`, line anchors `#L12` as on GitHub)"
+    from nbdev.config import get_config
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+    cfg, out = get_config(), []
+    fmt = HtmlFormatter(linenos='inline', lineanchors='L', anchorlinenos=True)
+    css = css + fmt.get_style_defs('.source .highlight')
+    for py in sorted(Path(cfg.lib_path).rglob('*.py')):
+        rel = py.relative_to(cfg.lib_path.parent).as_posix()
+        page = f'src/{rel}.html'
+        prefix = '../' * (len(Path(page).parts) - 1)
+        nb = re.search(r'^# AUTOGENERATED FROM (\S+)|^# %% (\S+\.ipynb)', py.read_text(), re.MULTILINE)
+        if not nb: continue  # _modidx.py and other files no notebook exports
+        nbname = Path(nb[1] or nb[2]).name
+        code = highlight(py.read_text(), PythonLexer(), fmt)
+        code = re.sub(r'id="L-(\d+)" name="L-\d+"', r'id="L\1"', code).replace('href="#L-', 'href="#L')
+        out.append(dict(page=page, title=rel, html=SOURCE.format(title=html.escape(rel), site=site_title, css=css, prefix=prefix,
+                                                                 nbpage=page_path(Path('/' + nbname), '/').as_posix().lstrip('/'), nb=nbname, code=code)))
+    return out
 
 
 def main(argv=None):
@@ -221,10 +327,17 @@ def main(argv=None):
     ap.add_argument('--nbs', default=str(ROOT / 'nbs'), help='notebook folder (default: nbs)')
     ap.add_argument('--no-exec', action='store_true', help='render stored outputs instead of executing')
     ap.add_argument('--flags', default='', help='space separated tst_flags whose cells should run too (e.g. "slow")')
+    ap.add_argument('--only', nargs='*', default=None, metavar='GLOB',
+                    help='build only the notebooks matching these globs relative to --nbs (e.g. "01_*" "models/*"): a partial site, for iterating')
+    ap.add_argument('--source-links', choices=('site', 'git'), default='site',
+                    help="where show_doc's [source] links go: 'site' (default) renders each exported module as src/kvspec/<module>.py.html "
+                         "with GitHub-style #L<n> line anchors; 'git' keeps nbdev's links to settings.ini git_url/blob/branch")
     ap.add_argument('--workers', type=int, default=min(os.cpu_count() or 1, 4), help='notebooks executed in parallel')
     a = ap.parse_args(argv)
     nbs, out, t0 = Path(a.nbs).resolve(), Path(a.out).resolve(), time.time()
+    fingerprint = tree_fingerprint() if not a.no_exec and nbs == ROOT / 'nbs' else None  # the tree before anything ran
     files = find_notebooks(nbs)
+    if a.only is not None: files = [f for f in files if any(f.relative_to(nbs).match(g) for g in a.only)]
     if not files: sys.exit(f'No notebooks found in {nbs}')
     print(f"{'Rendering' if a.no_exec else 'Executing and rendering'} {len(files)} notebooks from {nbs} ...", flush=True)
     jobs = [(f, nbs, not a.no_exec, a.flags.split()) for f in files]
@@ -243,8 +356,13 @@ def main(argv=None):
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cfg = get_config()
-    render_site(pages, out, cfg.get('title', cfg.lib_name), cfg.get('doc_host', '') + cfg.get('doc_baseurl', ''))
+    render_site(pages, out, cfg.get('title', cfg.lib_name), cfg.get('doc_host', '') + cfg.get('doc_baseurl', ''),
+                cfg.get('git_url', ''), cfg.get('branch', 'main'), a.source_links)
     (out / '.nojekyll').touch()
+    if fingerprint:  # tests/test_notebooks.py skips what ran here without error, if the tree is still the same
+        skipped = sorted(set(cfg.get('tst_flags', '').split()) - set(a.flags.split()))
+        (out / 'executed.json').write_text(json.dumps(dict(tree=fingerprint, skipped_flags=skipped, notebooks={
+            Path(p['path']).relative_to(nbs).as_posix(): round(p['secs'], 1) for p in pages}), indent=1))
     print(f'Built {len(pages)} pages in {out} in {time.time() - t0:.1f}s')
 
 

@@ -13,11 +13,11 @@ import argparse, difflib, os, re, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_site import ROOT, process_notebook, to_nbformat  # noqa: E402
+from build_site import ROOT, find_notebooks, page_path, process_notebook, to_nbformat  # noqa: E402
 
 
-def render_readme(nb_path, execute=True, flags=()):
-    "Returns (markdown text, {relative file name: bytes}) for `nb_path`"
+def render_readme(nb_path, execute=True, flags=(), out_dir=ROOT):
+    "Returns (markdown text, {relative file name: bytes}) for `nb_path`, its relative links made relative to `out_dir`"
     from nbconvert import MarkdownExporter
     from traitlets.config import Config
     os.chdir(ROOT)
@@ -32,6 +32,15 @@ def render_readme(nb_path, execute=True, flags=()):
     body = re.sub(r'<style[^>]*>.*?</style>\s*', '', body, flags=re.DOTALL)  # GitHub drops styles (pandas tables)
     head = f"# {fm.get('title', Path(nb_path).stem)}\n\n" + (f"> {fm['description']}\n\n" if fm.get('description') else '')
     text = head + body
+    from nbdev.config import get_config
+    cfg, nbs = get_config(), ROOT / 'nbs'
+    pages = {page_path(f, nbs).as_posix(): f.relative_to(nbs).as_posix() for f in find_notebooks(nbs)}
+    site = (cfg.get('doc_host', '') + cfg.get('doc_baseurl', '')).rstrip('/')
+    if site:  # nbdev's links to the published docs (not published yet): to the notebook, which GitHub renders
+        text = re.sub(r'\]\(' + re.escape(site) + r'/([^)#\s]+)(#[^)\s]*)?\)', lambda m: f'](' + pages[m[1]] + ')' if m[1] in pages else m[0], text)
+    rel = os.path.relpath(Path(nb_path).resolve().parent, Path(out_dir).resolve()).replace(os.sep, '/')
+    if rel != '.':  # [spec](01_spec.ipynb) in nbs/index.ipynb is nbs/01_spec.ipynb from README.md (GitHub renders notebooks)
+        text = re.sub(r'\]\((?![\w+.-]+:|#|/|' + re.escape(files_dir) + r'/)([^)\s]+)\)', lambda m: f'](' + rel + '/' + m[1] + ')', text)
     text = '\n'.join(l.rstrip() for l in text.splitlines())
     text = re.sub(r'\n{3,}', '\n\n', text).strip() + '\n'
     return text, dict(res.get('outputs', {}))
@@ -45,7 +54,7 @@ def main(argv=None):
     ap.add_argument('--out', default=str(ROOT / 'README.md'), help='markdown file to write (default README.md)')
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
-    text, files = render_readme(Path(a.nb).resolve(), execute=not a.no_exec)
+    text, files = render_readme(Path(a.nb).resolve(), execute=not a.no_exec, out_dir=out.parent)
     if a.check:
         old = out.read_text(encoding='utf-8') if out.exists() else ''
         stale = [f for f, b in files.items() if not (out.parent / f).exists() or (out.parent / f).read_bytes() != b]
