@@ -6,6 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
+import threading
+import types
 from collections import defaultdict
 
 import mlx.core as mx
@@ -17,8 +21,9 @@ from .config import ConfigError, UnsupportedCache, check_int, model_args, model_
 from .spec import CacheSpec
 
 # %% auto #0
-__all__ = ['EAGER_MODULES', 'PROBE_TOKENS', 'READERS', 'cast_model', 'weightless_model', 'watch_writes', 'lazy_stand_ins',
-           'model_layers', 'probe_caches', 'cache_spec', 'LazyReplay', 'quantize_caches']
+__all__ = ['OPTIONAL_IMPORTS', 'EAGER_MODULES', 'METAL_KERNELS', 'PROBE_TOKENS', 'READERS', 'cast_model', 'import_stand_ins',
+           'weightless_model', 'watch_writes', 'metal_runs', 'lazy_stand_ins', 'model_layers', 'probe_caches',
+           'cache_spec', 'LazyReplay', 'quantize_caches']
 
 # %% ../nbs/02_probe.ipynb #3906c275
 def cast_model(model, dtype: str):
@@ -30,10 +35,31 @@ def cast_model(model, dtype: str):
         model.parameters()))
     return model
 
+# %% ../nbs/02_probe.ipynb #595df1d1
+OPTIONAL_IMPORTS = {  # mlx-lm module: the package it imports only to check that it is installed
+    "mlx_lm.models.olmo": "hf_olmo",
+}
+
+@contextlib.contextmanager
+def import_stand_ins():
+    "Within the block, packages in `OPTIONAL_IMPORTS` that are not installed import as empty stand-in modules."
+    added = []
+    try:
+        for module, package in OPTIONAL_IMPORTS.items():
+            if module in sys.modules or package in sys.modules or importlib.util.find_spec(package) is not None: continue
+            sys.modules[package] = types.ModuleType(package, f"kvspec stand-in while importing {module}: {package} is not installed")
+            added.append((package, sys.modules[package]))
+        yield [p for p, _ in added]
+    finally:
+        for package, stand_in in added:
+            if sys.modules.get(package) is stand_in: del sys.modules[package]
+
+# %% ../nbs/02_probe.ipynb #a60c1ec6
 def weightless_model(cfg: dict, dtype: str = "float32", origin: str = "<dict>"):
     "A full-size mlx-lm model for `cfg` whose weights are never materialised."
-    model_cls, _ = model_classes(cfg, origin)
-    args = model_args(cfg, origin)
+    with import_stand_ins():
+        model_cls, _ = model_classes(cfg, origin)
+        args = model_args(cfg, origin)
     try:
         model = model_cls(args)
     except Exception as e:  # mlx-lm raises anything from KeyError to AssertionError on odd configs
@@ -80,20 +106,51 @@ def watch_writes(layers, caches):
 EAGER_MODULES = {  # (module, class) of mlx-lm: why its forward evaluates
     ("mlx_lm.models.dbrx", "SparseMoeBlock"): "routes tokens with inds.tolist(), which evaluates the graph",
 }
+METAL_KERNELS = {  # (module, name) of an mlx-lm Metal kernel called with no CPU path: who calls it
+    ("mlx_lm.models.bitlinear_layers", "_bitlinear_kernel"): "bitnet: BitLinear matmul on packed ternary weights",
+    ("mlx_lm.kernels.qk_norm_rope", "_qk_norm_rope_kernel"): "muse_spark: q/k head norms with RoPE",
+    ("mlx_lm.kernels.qk_norm", "_qk_norm_kernel"): "muse_spark: q/k head norms",
+    ("mlx_lm.kernels.norm_add_norm", "_norm_add_norm_kernel"): "muse_spark: residual add between two norms",
+    ("mlx_lm.kernels.norm_add_norm", "_norm_add_kernel"): "muse_spark: norm and residual add",
+    ("mlx_lm.kernels.norm_add_norm", "_pre_norm_kernel"): "muse_spark: the first pre-norm",
+    ("mlx_lm.kernels.expert_routing", "_routing_kernel"): "muse_spark: top-k expert routing",
+    ("mlx_lm.kernels.post_expert_norm_combine", "_expert_combine_kernel"): "muse_spark: expert outputs combined",
+    ("mlx_lm.kernels.rms_norm_sigmoid_gate", "_norm_gate_kernel"): "muse_spark: attention output gate",
+}
 
+def metal_runs() -> bool:
+    "Whether mlx-lm's Metal kernels can run here (the test mlx-lm itself uses: Metal available, GPU the default)."
+    return mx.metal.is_available() and mx.default_device() == mx.gpu
+
+# %% ../nbs/02_probe.ipynb #ce4124fa
 def _pass_through(cls):
     return type(cls.__name__, (cls,), {"__call__": lambda self, x, *a, **k: x})
 
+def _kernel_stand_in(name: str, used: list):
+    def kernel(*, output_shapes, output_dtypes, **_):
+        if name not in used: used.append(name)
+        return [mx.zeros(tuple(s), dtype=d) for s, d in zip(output_shapes, output_dtypes)]
+    return kernel
+
+_KERNEL_SWAP = threading.RLock()  # the kernels are module globals: one thread swaps them at a time
+
 @contextlib.contextmanager
 def lazy_stand_ins(model):
-    "Within the block, modules listed in `EAGER_MODULES` return their input instead of evaluating."
+    "Within the block, modules in `EAGER_MODULES` return their input and, where Metal cannot run, kernels in `METAL_KERNELS` return lazy zeros."
     swapped = [(m, type(m)) for _, m in model.named_modules()
                if (type(m).__module__, type(m).__name__) in EAGER_MODULES]
-    try:
-        for m, cls in swapped: _with_class(m, _pass_through(cls))
-        yield [type(m).__name__ for m, _ in swapped]
-    finally:
-        for m, cls in swapped: _with_class(m, cls)
+    kernels = [] if metal_runs() else [(sys.modules[m], n) for m, n in METAL_KERNELS
+                                       if m in sys.modules and hasattr(sys.modules[m], n)]
+    stood_in = [type(m).__name__ for m, _ in swapped]  # kernels are added when the model calls them
+    with (_KERNEL_SWAP if kernels else contextlib.nullcontext()):
+        originals = [(mod, n, getattr(mod, n)) for mod, n in kernels]
+        try:
+            for m, cls in swapped: _with_class(m, _pass_through(cls))
+            for mod, n in kernels: setattr(mod, n, _kernel_stand_in(f"{mod.__name__}.{n}", stood_in))
+            yield stood_in
+        finally:
+            for m, cls in swapped: _with_class(m, cls)
+            for mod, n, k in originals: setattr(mod, n, k)
 
 # %% ../nbs/02_probe.ipynb #dcc0e359
 PROBE_TOKENS = 4
