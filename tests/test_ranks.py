@@ -4,6 +4,7 @@ Every architecture in kvspec/tiny_configs.json that mlx-lm can shard (tensor par
 `model.model.pipeline`) is built with random weights on both ranks, split by mlx-lm over the real 2-rank group, and
 decoded greedily. Each rank's real cache bytes (after the prefill and after every decode step) and real parameter bytes
 must equal kvspec.shard.rank_spec's prediction for that rank, and each rank's tokens must equal the single-process output.
+An architecture whose unsharded model cannot run on this backend at all is listed as refused, with the reason.
 """
 import json
 import os
@@ -33,7 +34,7 @@ MUST = {"llama/tp", "qwen2/tp", "gpt_oss/tp", "deepseek_v3/pp", "glm4_moe/pp"}
 
 def cases():
     "(cases to launch, predictions per case and rank, refusals) for every shardable tiny architecture."
-    run, predicted, refused = [], {}, {}
+    run, predicted, refused, reference = [], {}, {}, {}
     for name, cfg in TINY.items():
         cfg = {k: v for k, v in dict(cfg, **OVERRIDES.get(name, {})).items() if k != "quantization"}  # the ranks hold random float weights
         try: support = sharding_support(weightless_model(cfg))
@@ -50,7 +51,13 @@ def cases():
                 predicted[key] = [dict(params=s.weights.nbytes, caches=[c.nbytes_after(chunks) for c in s.spec.caches]) for s in specs]
             except KVSpecError as e:
                 refused[key] = str(e); continue
-            run.append(dict(name=key, config=cfg, mode=mode, prompt=PROMPT, steps=STEPS, seed=SEED))
+            if name not in reference:
+                try: reference[name] = rank_worker.decode(rank_worker.build(cfg, SEED), PROMPT, STEPS)[0]
+                except Exception as e:  # cannot run on this backend at all (muse_spark's Metal-only kernel on CPU)
+                    reference[name] = f"{type(e).__name__}: {e}"
+            if isinstance(reference[name], str):
+                refused[key] = f"the unsharded model cannot run here: {reference[name]}"; continue
+            run.append(dict(name=key, config=cfg, mode=mode, prompt=PROMPT, steps=STEPS, seed=SEED, reference=reference[name]))
     return run, predicted, refused
 
 
@@ -113,6 +120,6 @@ def test_tokens_match_single_process(ranks):
     run, _, _, reports = ranks
     wrong = []
     for i, case in enumerate(run):
-        tokens, _ = rank_worker.decode(rank_worker.build(case["config"], SEED), PROMPT, STEPS)
+        tokens = case["reference"]  # the single-process output of the same seeded model
         wrong += [(case["name"], rep["rank"], rep["cases"][i]["tokens"], tokens) for rep in reports if rep["cases"][i]["tokens"] != tokens]
     assert not wrong, wrong
