@@ -25,7 +25,7 @@ from .config import (CACHE_DTYPES, ConfigError, KVSpecError, check_int, config_d
                            read_config_file, text_config)
 from .probe import weightless_model
 from .spec import ModelCacheSpec, generate_chunks
-from .plan import format_bytes, parse_bytes
+from .plan import format_bytes, largest_true, parse_bytes
 import kvspec.build  # noqa: F401  (adds from_config to ModelCacheSpec)
 
 # %% auto #0
@@ -33,8 +33,8 @@ __all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITI
            'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'WeightsError',
            'check_quant_params', 'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec',
            'weights_from_model', 'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights', 'MachineMemory',
-           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
-           'peak_total_nbytes', 'fit', 'FitError', 'Guard', 'guard']
+           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit', 'fit',
+           'FitError', 'Guard', 'guard']
 
 # %% ../nbs/10_fit.ipynb #f7c1fc02
 class WeightsError(ConfigError):
@@ -359,26 +359,6 @@ class Fit:
     @property
     def fits(self) -> bool: return self.total_peak_nbytes <= self.memory_nbytes
 
-# %% ../nbs/10_fit.ipynb #7b6c1280
-def _largest(ok, limit: int) -> int:
-    "Largest n in [1, limit] with ok(n), for ok monotone (true then false); 0 if not even ok(1)."
-    if not ok(1): return 0
-    lo, hi = 1, 2
-    while hi < limit and ok(hi): lo, hi = hi, hi * 2
-    if hi >= limit:
-        if ok(limit): return limit
-        hi = limit
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
-
-def peak_total_nbytes(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, context: int, batch: int = 1,
-                      prefill_step: int = 2048, max_tokens: int = 0) -> tuple[int, int, int]:
-    "(kv steady, kv peak, reserve) bytes of one `mlx_lm.generate` run of `batch` × `context` tokens."
-    steady, peak = spec.generate_nbytes(context, max_tokens, batch, prefill_step)
-    return steady, peak, forward_reserve_nbytes(cfg, spec, context + max_tokens, batch, prefill_step)
-
 # %% ../nbs/10_fit.ipynb #78ad3d58
 def fit(model, # a preset name, config.json, model directory, config dict or hub id
         *, memory: int | str | None = None, # the memory to plan against (default: this machine's, see machine_memory)
@@ -403,8 +383,8 @@ def fit(model, # a preset name, config.json, model directory, config dict or hub
     spec = ModelCacheSpec.from_config(cfg if isinstance(model, dict) else model, dtype=dtype, kv_bits=kv_bits, **ranks)
     total = lambda c, b: w.nbytes + sum(peak_total_nbytes(cfg, spec, w.nbytes, c, b, prefill_step, max_tokens)[1:])
     steady, peak, reserve = peak_total_nbytes(cfg, spec, w.nbytes, context, batch, prefill_step, max_tokens)
-    longest = _largest(lambda c: total(c, batch) <= mem.nbytes, MAX_FIT_CONTEXT)
-    widest = _largest(lambda b: total(context, b) <= mem.nbytes, MAX_FIT_BATCH)
+    longest = largest_true(lambda c: total(c, batch) <= mem.nbytes, MAX_FIT_CONTEXT)
+    widest = largest_true(lambda b: total(context, b) <= mem.nbytes, MAX_FIT_BATCH)
     notes = [f"memory: {mem.source}", f"weights: {repr(w)}",
              "reserve: sized on mlx's CPU backend, where attention materialises its scores; Metal's fused attention needs less"]
     if longest == MAX_FIT_CONTEXT: notes.append(f"the context search stops at {MAX_FIT_CONTEXT:,} tokens")
@@ -482,7 +462,7 @@ def __call__(self: Guard, prompt, # the prompt: its token count, or the tokens (
     max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_FIT_CONTEXT, error=KVSpecError)
     need = self.peak_nbytes(n, max_tokens)
     if need > self.memory_nbytes:
-        room = _largest(lambda c: self.peak_nbytes(c, max_tokens) <= self.memory_nbytes, MAX_FIT_CONTEXT)
+        room = largest_true(lambda c: self.peak_nbytes(c, max_tokens) <= self.memory_nbytes, MAX_FIT_CONTEXT)
         raise FitError(f"{n:,} prompt tokens + {max_tokens:,} generated need {format_bytes(need)} at the peak, more than "
                        f"the {format_bytes(self.memory_nbytes)} allowed; at most {room:,} prompt tokens would fit")
     return need

@@ -18,8 +18,8 @@ import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelC
 
 # %% auto #0
 __all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
-           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'max_context', 'Plan', 'below_note',
-           'plan']
+           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'largest_true', 'max_context',
+           'Plan', 'below_note', 'plan']
 
 # %% ../nbs/08_plan.ipynb #6d711a93
 class InvalidBudget(KVSpecError, ValueError):
@@ -112,6 +112,23 @@ def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step
     per = peak if at_peak else steady
     return budget // per * batch if per else 0
 
+# %% ../nbs/08_plan.ipynb #a1b2c3d5
+def largest_true(ok, # a test on n that holds up to some n and fails above it
+                 limit: int, # search no further than this
+                ) -> int:
+    "Largest `n` in [1, limit] with `ok(n)`; 0 if not even `ok(1)`."
+    if not ok(1): return 0
+    lo, hi = 1, 2
+    while hi < limit and ok(hi): lo, hi = hi, hi * 2
+    if hi >= limit:
+        if ok(limit): return limit
+        hi = limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
 # %% ../nbs/08_plan.ipynb #5e201bfa
 def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, prefill_step: int = 2048,
                 limit: int | None = None, # the search stops here (default: context_limit(spec)); a result equal to it is a lower bound
@@ -126,16 +143,7 @@ def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, pre
     batches = -(-sequences // batch)  # sequences are cached in this many batches
     prefill_step = _count(prefill_step, "prefill_step")
     fits = lambda c: batches * spec.generate_nbytes(c, 0, batch, prefill_step, quantized_kv_start)[1] <= budget
-    if not fits(1): return 0
-    lo, hi = 1, 2
-    while hi < limit and fits(hi): lo, hi = hi, hi * 2
-    if hi >= limit:
-        if fits(limit): return limit
-        hi = limit
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return largest_true(fits, limit)
 
 # %% ../nbs/08_plan.ipynb #9a19644a
 @dataclass(frozen=True, kw_only=True)
