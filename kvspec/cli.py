@@ -15,20 +15,20 @@ from typing import Callable
 
 from . import __version__
 from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_names, text_config
-from .fit import fit
+from .fit import fit, machine_memory
 from .plan import format_bytes, plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
 from .demo import DEMO_CONFIGS, demo_model
 from .serve import add_serve_arguments, serve
-from .shard import format_group_report, group_report
+from .shard import format_group_report, group_fit, group_report
 
 # %% auto #0
-__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'count', 'model_options', 'ranks_command', 'subcommand', 'cache_rows',
-           'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser', 'plan_command',
-           'add_plan_parser', 'presets_command', 'add_presets_parser', 'fit_command', 'add_fit_parser', 'serve_command',
-           'add_serve_parser', 'demo_model_command', 'add_demo_model_parser', 'join_dash_values', 'build_parser',
-           'main']
+__all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'FIT_RANK_KEYS', 'count', 'model_options', 'ranks_command', 'subcommand',
+           'cache_rows', 'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser',
+           'plan_command', 'add_plan_parser', 'presets_command', 'add_presets_parser', 'fit_command', 'add_fit_parser',
+           'fit_ranks_command', 'serve_command', 'add_serve_parser', 'demo_model_command', 'add_demo_model_parser',
+           'join_dash_values', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -242,7 +242,8 @@ def add_presets_parser(sub):
 
 # %% ../nbs/09_cli.ipynb #f17a0c02
 def fit_command(args) -> int:
-    "`kvspec fit`: weights + KV peak + reserve against the machine's memory."
+    "`kvspec fit`: weights + KV peak + reserve against the machine's memory (with `--tp`/`--pp`: per rank)."
+    if (args.tp, args.pp) != (1, 1): return fit_ranks_command(args)
     f = fit(args.model, memory=args.memory, context=args.context, batch=args.batch, kv_bits=args.kv_bits,
             prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype)
     print(json.dumps(f.to_dict(), indent=1) if args.json else repr(f))
@@ -255,6 +256,29 @@ def add_fit_parser(sub):
     p.add_argument("--memory", help="memory to plan against (default: this machine's), e.g. 16GiB or 64GB")
     p.add_argument("--max-tokens", type=count, default=0, help="tokens generated after the prompt (default 0)")
     p.set_defaults(run=fit_command)
+
+# %% ../nbs/09_cli.ipynb #f17a0c12
+FIT_RANK_KEYS = ("weights_nbytes", "kv_nbytes", "kv_peak_nbytes", "reserve_nbytes", "total_peak_nbytes", "memory_nbytes",
+                 "fits", "max_context_tokens", "max_batch")
+
+def fit_ranks_command(args) -> int:
+    "`kvspec fit --tp N --pp M`: `kvspec.shard.group_fit`, one row per rank, the binding rank named."
+    g = group_fit(args.model, tp_size=args.tp, pp_size=args.pp, memory=machine_memory(args.memory).nbytes,
+                  context=args.context, batch=args.batch, kv_bits=args.kv_bits, prefill_step=args.prefill_step,
+                  max_tokens=args.max_tokens, dtype=args.dtype)
+    rows = [dict(rank=r, **{k: v for k, v in f.to_dict().items() if k in FIT_RANK_KEYS}) for r, f in enumerate(g["fits"])]
+    summary = {k: v for k, v in g.items() if k != "fits"}
+    if args.json: print(json.dumps(dict(summary, context=args.context, batch=args.batch, ranks=rows), indent=1)); return 0
+    print(f"{g['model']}: tp={args.tp} x pp={args.pp}, {args.context:,} tokens x {args.batch}, per machine")
+    print(f"{'rank':>4} {'weights':>11} {'KV peak':>11} {'reserve':>11} {'total':>11} {'memory':>11} {'fits':>5} {'longest context':>16}")
+    for r in rows:
+        print(f"{r['rank']:>4} " + " ".join(f"{format_bytes(r[k]):>11}" for k in
+              ("weights_nbytes", "kv_peak_nbytes", "reserve_nbytes", "total_peak_nbytes", "memory_nbytes"))
+              + f" {'yes' if r['fits'] else 'no':>5} {r['max_context_tokens']:>16,}")
+    print(f"binding rank: {g['binding_rank']}; {'every rank fits' if g['fits_all'] else 'not every rank fits'}; "
+          f"longest context the group serves: {g['max_context_tokens']:,} tokens")
+    return 0
+
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:

@@ -33,8 +33,8 @@ __all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITI
            'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'WeightsError',
            'check_quant_params', 'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec',
            'weights_from_model', 'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights', 'MachineMemory',
-           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit', 'fit',
-           'FitError', 'Guard', 'guard']
+           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
+           'peak_total_nbytes', 'fit', 'FitError', 'Guard', 'guard']
 
 # %% ../nbs/10_fit.ipynb #f7c1fc02
 class WeightsError(ConfigError):
@@ -358,6 +358,13 @@ class Fit:
     def total_peak_nbytes(self) -> int: return self.weights_nbytes + self.kv_peak_nbytes + self.reserve_nbytes
     @property
     def fits(self) -> bool: return self.total_peak_nbytes <= self.memory_nbytes
+
+# %% ../nbs/10_fit.ipynb #7b6c1280
+def peak_total_nbytes(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, context: int, batch: int = 1,
+                      prefill_step: int = 2048, max_tokens: int = 0) -> tuple[int, int, int]:
+    "(kv steady, kv peak, reserve) bytes of one `mlx_lm.generate` run of `batch` × `context` tokens."
+    steady, peak = spec.generate_nbytes(context, max_tokens, batch, prefill_step)
+    return steady, peak, forward_reserve_nbytes(cfg, spec, context + max_tokens, batch, prefill_step)
 
 # %% ../nbs/10_fit.ipynb #78ad3d58
 def fit(model, # a preset name, config.json, model directory, config dict or hub id
