@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ from .plan import format_bytes, largest_true, parse_bytes
 import kvspec.build  # noqa: F401  (adds from_config to ModelCacheSpec)
 
 # %% auto #0
-__all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'PARTS', 'MAX_HEADER_BYTES', 'SANITIZE_TIES', 'APPLE_SILICON_GIB',
+__all__ = ['QUANT_MODES', 'QUANT_SETTINGS', 'LEGACY_MX_MODES', 'PARTS', 'MAX_HEADER_BYTES', 'SANITIZE_TIES', 'APPLE_SILICON_GIB',
            'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'WeightsError',
            'check_quant_params', 'quant_settings', 'quantize_weightless', 'weight_part', 'WeightsSpec',
            'weights_from_model', 'safetensors_header', 'on_disk_tensors', 'tie_at_load', 'weights', 'MachineMemory',
@@ -59,6 +60,9 @@ def check_quant_params(q: dict, # one quantization entry: group_size, bits, mode
     return {**q, "group_size": gs, "bits": bits, "mode": mode}
 
 # %% ../nbs/10_fit.ipynb #35513309
+# mlx_lm.utils.load_model's settings for these legacy `quantization_config` methods
+LEGACY_MX_MODES = {"mxfp4": {"group_size": 32, "bits": 4, "mode": "mxfp4"}, "mxfp8": {"group_size": 32, "bits": 8, "mode": "mxfp8"}}
+
 def quant_settings(cfg: dict, # a config.json as a dict
                    origin: str = "<dict>", # its file, for messages
                   ) -> tuple[dict | None, dict]:
@@ -69,9 +73,13 @@ def quant_settings(cfg: dict, # a config.json as a dict
         qc = cfg.get("quantization_config") or text_config(cfg).get("quantization_config")
         if qc:
             method = qc.get("quant_method") if isinstance(qc, dict) else qc
+            skip = qc.get("modules_to_not_convert") if isinstance(qc, dict) else None
+            if method in LEGACY_MX_MODES and isinstance(skip, list) and all(isinstance(m, str) for m in skip):
+                return {**LEGACY_MX_MODES[method], "not_converted": tuple(skip)}, {}
             raise WeightsError(f"{origin}: quantization_config (quant_method={method!r}) without a `quantization` block: "
                                "mlx-lm decides from the weight files which modules are packed; kvspec sizes checkpoints "
-                               "written by mlx_lm.convert, which records its choices in `quantization`")
+                               "written by mlx_lm.convert, which records its choices in `quantization`, and original "
+                               "mxfp4/mxfp8 releases that list their modules_to_not_convert")
         return None, {}
     if not isinstance(q, dict): raise WeightsError(f"{where} must be an object, got {q!r:.60}")
     for k in ("group_size", "bits"):
@@ -97,6 +105,8 @@ def quantize_weightless(model, # a weightless mlx-lm model (kvspec.probe.weightl
     def predicate(path, m):
         if path in entries: return entries[path]   # written by a mixed recipe or the model's own predicate
         if not hasattr(m, "to_quantized"): return False
+        if any(fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat + ".*") for pat in top.get("not_converted", ())):
+            return False                           # an original mxfp4/mxfp8 release: its config lists what has no .scales
         if m.weight.shape[-1] % top["group_size"]: return False   # convert left it plain: no .scales on disk
         return own(path, m) if own is not None else True
     try: nn.quantize(model, top["group_size"], top["bits"], mode=top["mode"], class_predicate=predicate)
