@@ -18,8 +18,8 @@ from fastcore.basics import patch
 from .config import KVSpecError, UnsupportedCache, check_int
 
 # %% auto #0
-__all__ = ['KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'MAX_TOKENS',
-           'MAX_REPLAY_CALLS', 'InvalidChunks', 'check_chunks', 'generate_chunks', 'KVSlots', 'kv_slots',
+__all__ = ['MAX_LISTED_CALLS', 'KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START',
+           'MAX_TOKENS', 'MAX_REPLAY_CALLS', 'InvalidChunks', 'check_chunks', 'generate_chunks', 'KVSlots', 'kv_slots',
            'RotatingSlots', 'rotating_slots', 'ChunkedSlots', 'ConcatSlots', 'chunked_slots', 'concat_slots',
            'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'chunk_runs', 'generate_runs',
            'run_nbytes', 'markdown_table']
@@ -42,6 +42,8 @@ def check_chunks(chunks: Sequence[int], # token counts of successive model calls
     return [operator.index(c) for c in chunks]
 
 # %% ../nbs/01_spec.ipynb #bb1afbd7
+MAX_LISTED_CALLS = 1 << 22  # a list of more calls than this is refused: use generate_runs, which never lists them
+
 def generate_chunks(prompt_tokens: int, # prompt length
                     max_tokens: int = 0, # tokens generated after the prompt
                     prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
@@ -49,6 +51,11 @@ def generate_chunks(prompt_tokens: int, # prompt length
     "Token counts of the model calls `mlx_lm.generate` makes for this prompt and generation length."
     prompt_tokens, prefill_step_size = check_chunks([prompt_tokens, prefill_step_size])
     max_tokens = check_int(max_tokens, "max_tokens", minimum=0, error=InvalidChunks)
+    calls = -(-(prompt_tokens - 1) // prefill_step_size) + 1 + max_tokens
+    if calls > MAX_LISTED_CALLS:
+        raise InvalidChunks(f"{prompt_tokens:,} prompt tokens (prefill step {prefill_step_size:,}) and {max_tokens:,} generated "
+                            f"make {calls:,} model calls, too many to list (at most {MAX_LISTED_CALLS:,}): "
+                            "generate_runs gives them as runs, and ModelCacheSpec.generate_nbytes sizes any context")
     chunks, left = [], prompt_tokens
     while left > 1:
         chunks.append(min(prefill_step_size, left - 1)); left -= chunks[-1]
