@@ -2,7 +2,7 @@
 
 Opens every page in headless Chromium (Debian's `chromium` + `chromium-driver`, driven with selenium) through a
 local http.server, and checks: HTTP 200, a title, the sidebar, that links within the site resolve (to a page, and for a
-`#fragment` to an element id that exists there), that nothing is clipped on the right at 1280 px (an element wider than
+`#fragment` to an element id that exists there), that no two elements share an id, that nothing is clipped on the right at 1280 px (an element wider than
 its box with overflow hidden), no console errors, no Python traceback in the page, and every figure loaded and visible. Screenshots of the index and the Gemma 3
 model page are saved to `<site>/screenshots/`.
 
@@ -77,15 +77,27 @@ IMG_JS = """return [...document.images].map(i => [i.currentSrc.slice(0, 60), i.c
 
 
 class _Ids(HTMLParser):
-    def __init__(self): super().__init__(); self.ids = set()
-    def handle_starttag(self, tag, attrs): self.ids.update(v for k, v in attrs if k in ('id', 'name') and v)
+    def __init__(self): super().__init__(); self.ids, self.repeated = set(), {}
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k == 'id' and v in self.ids: self.repeated[v] = self.repeated.get(v, 1) + 1
+            if k in ('id', 'name') and v: self.ids.add(v)
 
 
 @functools.lru_cache(None)
+def _parsed(path):
+    p = _Ids(); p.feed(Path(path).read_text(encoding='utf-8'))
+    return p
+
+
 def element_ids(path):
     "Every `id` (and `name`) in the HTML file at `path`"
-    p = _Ids(); p.feed(Path(path).read_text(encoding='utf-8'))
-    return frozenset(p.ids)
+    return frozenset(_parsed(path).ids)
+
+
+def duplicate_ids(path):
+    "Ids that more than one element of the HTML file at `path` has, with how many (a link to one lands on the first only)"
+    return dict(_parsed(path).repeated)
 
 
 def link_problems(site, page, href):
@@ -122,6 +134,7 @@ def check_page(drv, base, site, page):
     for href in drv.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))"):
         errs += link_problems(site, page, href)
     if not drv.find_elements('css selector', 'h1.title'): errs.append('no page heading')
+    errs += [f'duplicate id "{i}" ({n} elements)' for i, n in duplicate_ids(site / page).items()]
     text = drv.execute_script('return document.body.innerText')
     if TRACEBACK.search(text): errs.append('Python traceback in page: ' + text[TRACEBACK.search(text).start():][:300])
     if drv.find_elements('css selector', '[data-mime-type="application/vnd.jupyter.error"]'): errs.append('error output in page')
@@ -172,6 +185,19 @@ def test_dangling_anchor_fails(site):
     ids = element_ids(site / 'index.html')
     heading = next(i for i in ids if i not in ('sidebar', 'content', 'title-block') and not i.startswith('cell-id'))
     assert not link_problems(site, 'index.html', f'index.html#{heading}'), heading
+
+
+def test_duplicate_ids_fail(site, tmp_path):
+    "The id check itself: an id two elements share is reported, and no page of the built site has one"
+    (tmp_path / 'p.html').write_text('<h2 id="CacheSpec">A</h2><h3 id="CacheSpec">B</h3><h3 id="CacheSpec-1">C</h3>')
+    assert duplicate_ids(tmp_path / 'p.html') == {'CacheSpec': 2}
+    sys.path.insert(0, str(ROOT / 'tools'))
+    from build_site import unique_ids
+    fixed = tmp_path / 'fixed.html'
+    fixed.write_text(unique_ids((tmp_path / 'p.html').read_text()))
+    assert not duplicate_ids(fixed) and element_ids(fixed) >= {'CacheSpec', 'CacheSpec-1', 'CacheSpec-2'}
+    repeated = {p: duplicate_ids(site / p) for p in pages(site)}
+    assert not any(repeated.values()), {p: d for p, d in repeated.items() if d}
 
 
 def _text(s): return ' '.join(html.unescape(re.sub(r'<[^>]+>', '', s)).split())

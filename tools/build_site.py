@@ -15,7 +15,7 @@ A notebook that fails to execute fails the build, naming the notebook and the ce
 which notebooks ran without error and a fingerprint of the tree they ran in (`tree_fingerprint`): tests/test_notebooks.py
 does not run them a second time in that same tree (CI builds the site, then runs the tests).
 """
-import argparse, html, json, os, re, shutil, sys, time
+import argparse, html, itertools, json, os, re, shutil, sys, time, urllib.parse
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -230,18 +230,20 @@ def render_site(pages, out, site_title, site_url='', git_url='', branch='main', 
         res = dict(nav='<!--NAV-->', site_css=css, site_title=html.escape(site_title), page_title=html.escape(p['title']),
                    description=re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(p['description'])),
                    prefix='../' * (len(Path(p['page']).parts) - 1), metadata=dict(name=f"{p['title']} – {site_title}"))
-        p['html'] = exp.from_notebook_node(nbformat.reads(p['nb'], 4), resources=res)[0]
+        p['html'] = unique_ids(exp.from_notebook_node(nbformat.reads(p['nb'], 4), resources=res)[0])
         p['toc'] = [(i, re.sub('<[^>]+>', '', t)) for i, t in re.findall(r'<h2 id="([^"]+)">(.*?)<a class="anchor-link"', p['html'])]
     sources = source_pages(pages, css, site_title) if source_links == 'site' else []
-    git = f"{git_url.rstrip('/')}/blob/{branch}/"
+    git = urllib.parse.urljoin(git_url + '/', f'blob/{branch}/')  # as nbdev joins them: `/blob/main/` when git_url is empty
     bodies = {}
     for p in pages + sources:
         prefix = '../' * (len(Path(p['page']).parts) - 1)
         body = p['html'].replace('<!--NAV-->', nav_html(pages, p), 1)
         if site_url: body = body.replace(f'href="{site_url}/', 'href="' + prefix)
         body = re.sub(r'href="([^":#]+)\.ipynb', lambda m: 'href="' + str(page_path(Path('/' + m[1] + '.ipynb'), '/')), body)
-        if sources and git_url:  # nbdev's [source] links: to this site's copy of the module, same line anchor
+        if sources:  # nbdev's [source] links: to this site's copy of the module, same line anchor
             body = re.sub(r'href="' + re.escape(git) + r'([^"#]+\.py)(#L\d+)?"', lambda m: f'href="{prefix}src/{m[1]}.html{m[2] or ""}"', body)
+        elif not git_url:  # --source-links git without a repository to link to: no [source] link rather than a broken one
+            body = re.sub(r'<p><a href="' + re.escape(git) + r'[^"]*"[^>]*>source</a></p>', '', body)
         bodies[p['page']] = add_lowercase_ids(body)  # links nbdev made to the published docs now stay on this site
     ids = {page: set(_re_id.findall(b)) for page, b in bodies.items()}
     for page, body in bodies.items():
@@ -254,6 +256,19 @@ _re_id = re.compile(r'\sid="([^"]+)"')
 _re_href = re.compile(r'href="([^":"#]*)#([^"]+)"')
 
 _re_heading = re.compile(r'(<h[1-6] id="([^"]+)">)')
+_re_heading_whole = re.compile(r'<h([1-6]) id="([^"]+)">(.*?)</h\1>', re.DOTALL)
+
+def unique_ids(body):
+    """Every heading id once: a repeat (a `## CacheSpec` section above show_doc's `### CacheSpec`) is numbered `CacheSpec-1`,
+    `-2`, … as pandoc numbers Quarto's, and its ¶ link with it; the first keeps the id, so links to it still land"""
+    taken, seen = set(_re_id.findall(body)), set()
+    def renumber(m):
+        level, old, inner = m.groups()
+        if old not in seen: seen.add(old); return m[0]
+        new = next(f'{old}-{n}' for n in itertools.count(1) if f'{old}-{n}' not in taken)
+        taken.add(new)
+        return f'<h{level} id="{new}">' + inner.replace(f'href="#{old}"', f'href="#{new}"', 1) + f'</h{level}>'
+    return _re_heading_whole.sub(renumber, body)
 
 def add_lowercase_ids(body):
     "Each heading whose id has capitals also answers to its lowercase id (Quarto's and nbdev's form: `#cachespec.nbytes`)"
@@ -331,7 +346,7 @@ def main(argv=None):
                     help='build only the notebooks matching these globs relative to --nbs (e.g. "01_*" "models/*"): a partial site, for iterating')
     ap.add_argument('--source-links', choices=('site', 'git'), default='site',
                     help="where show_doc's [source] links go: 'site' (default) renders each exported module as src/kvspec/<module>.py.html "
-                         "with GitHub-style #L<n> line anchors; 'git' keeps nbdev's links to settings.ini git_url/blob/branch")
+                         "with GitHub-style #L<n> line anchors; 'git' keeps nbdev's links to settings.ini git_url/blob/branch (none while git_url is empty)")
     ap.add_argument('--workers', type=int, default=min(os.cpu_count() or 1, 4), help='notebooks executed in parallel')
     a = ap.parse_args(argv)
     nbs, out, t0 = Path(a.nbs).resolve(), Path(a.out).resolve(), time.time()
