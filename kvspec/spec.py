@@ -8,169 +8,28 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from fastcore.basics import patch
 
-from .config import KVSpecError, UnsupportedCache, check_int
+from .config import UnsupportedCache, check_int
+from .replay import (  # re-exported: these names were defined here before kvspec.replay
+    KV_STEP, MAX_LISTED_CALLS, MAX_TOKENS, ChunkedSlots, ConcatSlots, InvalidChunks, KVSlots, RotatingSlots, check_chunks,
+    chunk_runs, chunked_slots, concat_slots, generate_chunks, generate_runs, kv_slots, replay_runs, rotating_slots)
 
 # %% auto #0
-__all__ = ['MAX_LISTED_CALLS', 'KV_STEP', 'KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START',
-           'MAX_TOKENS', 'MAX_REPLAY_CALLS', 'InvalidChunks', 'check_chunks', 'generate_chunks', 'KVSlots', 'kv_slots',
-           'RotatingSlots', 'rotating_slots', 'ChunkedSlots', 'ConcatSlots', 'chunked_slots', 'concat_slots',
-           'CacheSpec', 'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'chunk_runs', 'generate_runs',
-           'run_nbytes', 'markdown_table']
+__all__ = ['KINDS', 'DTYPE_BYTES', 'SLOTS', 'PATTERN_LETTERS', 'DEFAULT_QUANTIZED_KV_START', 'MAX_REPLAY_CALLS', 'CacheSpec',
+           'kv_slot_bytes', 'compact_pattern', 'ModelCacheSpec', 'run_nbytes', 'markdown_table', 'InvalidChunks',
+           'check_chunks', 'MAX_LISTED_CALLS', 'generate_chunks', 'KV_STEP', 'KVSlots', 'kv_slots', 'RotatingSlots',
+           'rotating_slots', 'ChunkedSlots', 'ConcatSlots', 'chunked_slots', 'concat_slots', 'MAX_TOKENS', 'chunk_runs',
+           'generate_runs']
 
-# %% ../nbs/01_spec.ipynb #23be1496
-class InvalidChunks(KVSpecError, ValueError):
-    "A chunk list or batch size that no model call could produce."
-
-def check_chunks(chunks: Sequence[int], # token counts of successive model calls (any iterable, read once), or one count
-                 batch: int = 1, # sequences in the batch
-                ) -> list[int]:
-    "Validated token counts of successive model calls, as a list of plain ints (numpy integers accepted)."
-    if hasattr(chunks, "__index__"): chunks = [chunks]
-    try: chunks = list(chunks)
-    except TypeError: raise InvalidChunks(f"chunks must be a list of token counts, got {chunks!r:.40}") from None
-    if not chunks: raise InvalidChunks("chunks is empty: give the token count of at least one model call")
-    bad = [c for c in chunks if isinstance(c, bool) or not hasattr(c, "__index__") or operator.index(c) <= 0]
-    if bad: raise InvalidChunks(f"chunk sizes must be positive integers, got {bad[:3]}")
-    check_int(batch, "batch", error=InvalidChunks)
-    return [operator.index(c) for c in chunks]
-
-# %% ../nbs/01_spec.ipynb #bb1afbd7
-MAX_LISTED_CALLS = 1 << 22  # a list of more calls than this is refused: use generate_runs, which never lists them
-
-def generate_chunks(prompt_tokens: int, # prompt length
-                    max_tokens: int = 0, # tokens generated after the prompt
-                    prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
-                   ) -> list[int]:
-    "Token counts of the model calls `mlx_lm.generate` makes for this prompt and generation length."
-    prompt_tokens, prefill_step_size = check_chunks([prompt_tokens, prefill_step_size])
-    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, error=InvalidChunks)
-    calls = -(-(prompt_tokens - 1) // prefill_step_size) + 1 + max_tokens
-    if calls > MAX_LISTED_CALLS:
-        raise InvalidChunks(f"{prompt_tokens:,} prompt tokens (prefill step {prefill_step_size:,}) and {max_tokens:,} generated "
-                            f"make {calls:,} model calls, too many to list (at most {MAX_LISTED_CALLS:,}): "
-                            "generate_runs gives them as runs, and ModelCacheSpec.generate_nbytes sizes any context")
-    chunks, left = [], prompt_tokens
-    while left > 1:
-        chunks.append(min(prefill_step_size, left - 1)); left -= chunks[-1]
-    return chunks + [1] + [1] * max_tokens
-
-# %% ../nbs/01_spec.ipynb #77457519
-KV_STEP = 256  # mlx_lm.models.cache.KVCache.step (also Rotating/Quantized/Chunked)
-
-class KVSlots:
-    "A `KVCache`'s (or `QuantizedKVCache`'s) buffer, replayed one call at a time on token counts alone."
-    def __init__(self, step: int = KV_STEP): self.step_size, self.size, self.offset = step, 0, 0
-    def step(self, n: int) -> int:
-        "Slots held after a call on `n` tokens."
-        size, offset, step = self.size, self.offset, self.step_size
-        if size == 0 or offset + n > size:
-            if size and offset % step: size = offset
-            size += (n + step - 1) // step * step
-        self.size, self.offset = size, offset + n
-        return size
-    def key(self, n: int):
-        "The state with the offset taken out: two equal keys replay alike from there on (None: not yet)."
-        return (self.size - self.offset, self.offset % self.step_size) if self.size else None
-    def room(self, n: int) -> float: return math.inf  # tokens the offset may advance with the key still valid
-    def shift(self, tokens: int): self.size += tokens; self.offset += tokens
-
-def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
-    "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
-    s = KVSlots(step); return [s.step(n) for n in chunks]
-
-# %% ../nbs/01_spec.ipynb #31b8bd59
-class RotatingSlots:
-    "A `RotatingKVCache(max_size, keep)`'s buffer, replayed one call at a time."
-    def __init__(self, max_size: int, keep: int = 0, step: int = KV_STEP):
-        self.max_size, self.keep, self.step_size = max_size, keep, step
-        self.size = self.offset = self.idx = 0
-    def step(self, n: int) -> int:
-        "Slots held after a call on `n` tokens."
-        size, offset, idx, max_size = self.size, self.offset, self.idx, self.max_size
-        if n == 1:  # _update_in_place
-            if size == 0 or (offset >= size and size < max_size):
-                size += min(self.step_size, max_size - offset); idx = offset
-            if size > max_size: size = idx = max_size
-            if idx == max_size: idx = self.keep
-            idx += 1
-        else:       # _update_concat
-            if size:
-                if idx != size and idx >= offset: size = idx   # _temporal_order drops unused tail
-                idx = size
-                size -= max(0, idx - max_size + 1)             # _trim keeps max_size - 1 of context
-            size += n; idx = size
-        self.size, self.offset, self.idx = size, offset + n, idx
-        return size
-
-# %% ../nbs/01_spec.ipynb #c3acfb34
-@patch
-def key(self: RotatingSlots, n: int):
-    "The state with the offset taken out, where no rule depends on the offset any more (None: not yet)."
-    if not self.size: return None
-    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return ("full", self.size, self.idx)
-    if self.room(n) > 0: return ("growing", self.size - self.offset, self.idx - self.offset)
-    return None
-
-@patch
-def room(self: RotatingSlots, n: int) -> float:
-    "Tokens the offset may advance with the key still valid: unbounded once full, else until the window is near."
-    if self.size >= self.max_size and self.offset > max(self.size, self.idx): return math.inf
-    return self.max_size - 2 - n - self.step_size - max(self.size, self.idx, self.offset)
-
-@patch
-def shift(self: RotatingSlots, tokens: int):
-    "Advance the state by `tokens` (a whole number of cycles of its key)."
-    full = self.room(1) == math.inf
-    self.offset += tokens
-    if not full: self.size += tokens; self.idx += tokens
-
-def rotating_slots(chunks: Sequence[int], max_size: int, keep: int = 0, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `RotatingKVCache` after each call."
-    s = RotatingSlots(max_size, keep, step); return [s.step(n) for n in chunks]
-
-# %% ../nbs/01_spec.ipynb #deceb467
-class ChunkedSlots:
-    "A `ChunkedKVCache(chunk_size)`'s buffer (the model trims its front before every call), one call at a time."
-    def __init__(self, chunk_size: int, step: int = KV_STEP):
-        self.chunk_size, self.step_size = chunk_size, step
-        self.size = self.offset = self.start = 0
-    def step(self, n: int) -> int:
-        "Slots held after a call on `n` tokens."
-        size, offset, start, step = self.size, self.offset, self.start, self.step_size
-        if size and offset - start > self.chunk_size:        # maybe_trim_front
-            start = offset - self.chunk_size; size = self.chunk_size
-        prev = offset - start
-        if size == 0 or prev + n > size:
-            if size and prev % step: size = prev
-            size += (n + step - 1) // step * step
-        self.size, self.offset, self.start = size, offset + n, start
-        return size
-    def key(self, n: int): return (self.size, self.offset - self.start) if self.size else None
-    def room(self, n: int) -> float: return math.inf
-    def shift(self, tokens: int): self.offset += tokens; self.start += tokens
-
-class ConcatSlots:
-    "A `ConcatenateKVCache`: every token, no padding."
-    def __init__(self): self.offset = 0
-    def step(self, n: int) -> int: self.offset += n; return self.offset
-    def key(self, n: int): return ()
-    def room(self, n: int) -> float: return math.inf
-    def shift(self, tokens: int): self.offset += tokens
-
-def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
-    "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."
-    s = ChunkedSlots(chunk_size, step); return [s.step(n) for n in chunks]
-
-def concat_slots(chunks: Sequence[int]) -> list[int]:
-    "Slots held by a `ConcatenateKVCache` after each call: every token, no padding."
-    s = ConcatSlots(); return [s.step(n) for n in chunks]
+# %% ../nbs/01_spec.ipynb #9cb49118
+_all_ = ["InvalidChunks", "check_chunks", "MAX_LISTED_CALLS", "generate_chunks", "KV_STEP", "KVSlots", "kv_slots",
+         "RotatingSlots", "rotating_slots", "ChunkedSlots", "ConcatSlots", "chunked_slots", "concat_slots",
+         "MAX_TOKENS", "chunk_runs", "generate_runs"]  # kvspec.replay's names, importable from here as before the split
 
 # %% ../nbs/01_spec.ipynb #838f39b4
 KINDS = ("full", "sliding", "chunked", "state", "composite", "unused", "unknown")
@@ -363,28 +222,9 @@ def nbytes_after(self: ModelCacheSpec,
         for i, b in enumerate(cache.nbytes_after(chunks, batch, quantized_kv_start)): totals[i] += count * b
     return totals
 
-# %% ../nbs/01_spec.ipynb #82161faf
-MAX_TOKENS = 1 << 48        # no context is longer: beyond any addressable memory
+# %% ../nbs/01_spec.ipynb #d86303c2
 MAX_REPLAY_CALLS = 1 << 18  # calls a lazy replay (a cache class with no rule here) is asked to make
 
-def chunk_runs(chunks: Sequence[int], # token counts of successive model calls
-              ) -> list[tuple[int, int]]:
-    "The chunks as runs of equal calls: `[(chunk_size, count), …]`."
-    return [(n, len(list(g))) for n, g in itertools.groupby(check_chunks(chunks))]
-
-def generate_runs(prompt_tokens: int, # prompt length
-                  max_tokens: int = 0, # tokens generated after the prompt
-                  prefill_step_size: int = 2048, # mlx_lm.generate's prefill chunk
-                 ) -> list[tuple[int, int]]:
-    "`generate_chunks` as runs of equal calls, without listing them: fine for any context up to `MAX_TOKENS`."
-    prompt_tokens = check_int(prompt_tokens, "prompt_tokens", maximum=MAX_TOKENS, error=InvalidChunks)
-    max_tokens = check_int(max_tokens, "max_tokens", minimum=0, maximum=MAX_TOKENS - prompt_tokens, error=InvalidChunks)
-    step = check_int(prefill_step_size, "prefill_step_size", error=InvalidChunks)
-    full, rest = divmod(prompt_tokens - 1, step)
-    runs = [(step, full)] * (full > 0) + [(rest, 1)] * (rest > 0) + [(1, 1 + max_tokens)]
-    return [(n, c) for n, c in runs if not (n == 1 and c == 0)]
-
-# %% ../nbs/01_spec.ipynb #d86303c2
 def _leaves(cache: CacheSpec, count: int):
     for leaf in (cache.children or (cache,)):
         if leaf.children: yield from _leaves(leaf, count)
@@ -410,35 +250,7 @@ def run_nbytes(caches: Sequence[tuple[CacheSpec, int]], # caches with how many o
     fixed = sum(k * batch * _state_bytes(l) for l, k in leaves if l.kind == "state")
     kv = [(SLOTS[l.cache_class](l), k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype, l.bits, l.group_size),
            k * batch * kv_slot_bytes(l.n_kv_heads, l.k_head_dim, l.v_head_dim, l.dtype)) for l, k in leaves if l.cache_class in SLOTS]
-    state = dict(offset=0, final=0, peak=0)
-    for n, m in runs: _replay_run(kv, fixed, n, m, quantized_from, state)
-    return state["final"], state["peak"]
-
-# %% ../nbs/01_spec.ipynb #883a04cf
-def _replay_run(kv, fixed: int, n: int, m: int, quantized_from: int, state: dict):
-    "Replay `m` calls of `n` tokens on every replay in `kv`, jumping over whole common cycles once every key repeats."
-    done, seen, periods = 0, [{} for _ in kv], [None] * len(kv)
-    while done < m:
-        if None not in periods:
-            cycle = math.lcm(*periods)
-            q_room = math.inf if state["offset"] >= quantized_from else quantized_from - state["offset"] - cycle * n - 1
-            room = min([q_room] + [s.room(n) for s, _, _ in kv])
-            jump = min((m - done - cycle) // cycle, int(room // (cycle * n)) if room < math.inf else m) * cycle
-            if jump > 0:
-                for s, _, _ in kv: s.shift(jump * n)
-                state["offset"] += jump * n; done += jump
-                seen, periods = [{} for _ in kv], [None] * len(kv)
-                continue
-        state["offset"] += n; done += 1
-        total = fixed
-        for i, (s, quantized, plain) in enumerate(kv):
-            total += s.step(n) * (quantized if state["offset"] >= quantized_from else plain)
-            k = s.key(n)
-            if k is None: seen[i].clear(); periods[i] = None
-            elif periods[i] is None:
-                if k in seen[i]: periods[i] = done - seen[i][k]
-                else: seen[i][k] = done
-        state["final"] = total; state["peak"] = max(state["peak"], total)
+    return replay_runs(kv, runs, fixed, quantized_from)
 
 # %% ../nbs/01_spec.ipynb #e0a33c7f
 @patch
