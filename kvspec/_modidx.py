@@ -368,8 +368,11 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/kvspec', 'doc_host': 'http
                               'kvspec.store._flat_meta': ('store.html#_flat_meta', 'kvspec/store.py'),
                               'kvspec.store._fp_diff': ('store.html#_fp_diff', 'kvspec/store.py'),
                               'kvspec.store._held': ('store.html#_held', 'kvspec/store.py'),
+                              'kvspec.store._kv_parts': ('store.html#_kv_parts', 'kvspec/store.py'),
                               'kvspec.store._layout': ('store.html#_layout', 'kvspec/store.py'),
                               'kvspec.store._live': ('store.html#_live', 'kvspec/store.py'),
+                              'kvspec.store._refuse': ('store.html#_refuse', 'kvspec/store.py'),
+                              'kvspec.store._saved_arrays': ('store.html#_saved_arrays', 'kvspec/store.py'),
                               'kvspec.store._write_file': ('store.html#_write_file', 'kvspec/store.py'),
                               'kvspec.store.cache_path': ('store.html#cache_path', 'kvspec/store.py'),
                               'kvspec.store.read_cache_file': ('store.html#read_cache_file', 'kvspec/store.py')}}}

@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 from fastcore.basics import patch
 from mlx.utils import tree_flatten
-from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache
+from mlx_lm.models.cache import ArraysCache, ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache
 
 from .config import KVSpecError, UnsupportedCache
 from .pool import BlockPool, PoolError, parse_tokens
@@ -34,10 +34,29 @@ class CacheWriteError(KVSpecError, OSError):
     "A cache file that could not be written (the directory cannot be made, the disk is full, ...); any previous file is kept."
 
 # %% ../nbs/06_store.ipynb #5fca5a9f
+_CACHE_LIST_MODELS = "deepseek_v32 (and glm_moe_dsa), longcat_flash, minimax_m3_vl, falcon_h1 and baichuan_m1"   # mlx-lm 0.32's makers of CacheList
+
+def _kv_parts(c) -> list[tuple[int, str]]:
+    "(last dim, dtype) of each array an attention cache keeps per head and token: K and V, or mlx-lm's quantized triples (packed uint32, scales, biases) of K, then of V."
+    if not c.bits: return [(c.k_head_dim, c.dtype), (c.v_head_dim, c.dtype)]
+    def triple(d): return [(d * c.bits // 32, "uint32"), (d // c.group_size, c.dtype), (d // c.group_size, c.dtype)]
+    return triple(c.k_head_dim) + triple(c.v_head_dim)
+
+def _refuse(spec) -> None:
+    "Raise `UnsupportedCache` for a cache the store cannot hold: a CacheList, or quantization mlx cannot do on these head dims."
+    for i, c in enumerate(spec.caches):
+        if c.children:
+            raise UnsupportedCache(f"{spec.model_type}: cache {i} is a CacheList ({' + '.join(k.cache_class for k in c.children)}): several mlx-lm caches "
+                                   f"one layer keeps side by side, as mlx-lm builds for {_CACHE_LIST_MODELS}; kvspec's pool does not store CacheList caches")
+    for i, c in enumerate(spec.leaves()):
+        if c.bits and (c.group_size not in (32, 64, 128) or c.k_head_dim % c.group_size or c.v_head_dim % c.group_size or (c.k_head_dim * c.bits) % 32):
+            raise UnsupportedCache(f"cache {i}: mlx cannot quantize head dims {c.k_head_dim}/{c.v_head_dim} in groups of {c.group_size} "
+                                   f"(groups of 32, 64 or 128 that divide the head dim): mlx-lm's generation with kv_bits={c.bits} fails on this model too")
+
 class PoolStore:
-    "Real MLX storage behind a `BlockPool`: per cache, K and V of shape (num_blocks, n_kv_heads, block_tokens, head_dim)."
+    "Real MLX storage behind a `BlockPool`: per cache, K and V (or mlx-lm's quantized triples of each) of shape (num_blocks, n_kv_heads, block_tokens, ·)."
     def __init__(self, pool: BlockPool):
-        if any(c.children for c in pool.spec.caches): raise UnsupportedCache("composite caches (CacheList) are not stored yet")
+        _refuse(pool.spec)
         if pool.on_copy is not None: raise PoolError("this pool already has a storage attached: one PoolStore per BlockPool")
         self.pool, self.leaves = pool, pool.spec.leaves()
         self.group_of, self.arrays = {}, {}
@@ -45,11 +64,11 @@ class PoolStore:
         for g, grp in enumerate(pool.groups):
             for i in grp.leaves:
                 c = self.leaves[i]; self.group_of[i] = g
-                if grp.kind == "chunked" or c.bits: raise UnsupportedCache(f"cache {i}: {c.cache_class} storage is not supported")
+                if c.bits and grp.kind != "full": raise UnsupportedCache(f"cache {i}: a quantized {c.cache_class} in a {grp.kind} group")
                 if grp.kind == "state":
                     self.arrays[i] = [mx.zeros((grp.num_blocks, *s), getattr(mx, d)) for s, d in zip(c.state_shapes, c.state_dtypes)]
                 else:
-                    self.arrays[i] = [mx.zeros((grp.num_blocks, c.n_kv_heads, B, d), getattr(mx, c.dtype)) for d in (c.k_head_dim, c.v_head_dim)]
+                    self.arrays[i] = [mx.zeros((grp.num_blocks, c.n_kv_heads, B, d), getattr(mx, dt)) for d, dt in _kv_parts(c)]
         mx.eval(list(self.arrays.values()))
         pool.attach(self._copy)
 
@@ -81,11 +100,14 @@ def gather(self: PoolStore, seq_id) -> tuple[int, dict[int, list[mx.array]]]:
     return n, out
 
 # %% ../nbs/06_store.ipynb #6b411f89
-def _cache_from(kind: str, window: int | None, num_arrays: int, n: int, arrays: list[mx.array] | None):
-    "The mlx-lm cache of this kind holding `arrays` at offset n, built with its own `from_state`."
+def _cache_from(c, kind: str, window: int | None, num_arrays: int, n: int, arrays: list[mx.array] | None):
+    "The mlx-lm cache of this kind holding `arrays` at offset n for spec leaf `c`, built with its own `from_state`."
     if kind == "state": return ArraysCache.from_state((list(arrays) if n else [None] * num_arrays, None, None))
+    if c.bits:      # empty: the float KVCache make_prompt_cache builds, which mlx-lm's generation quantizes itself
+        return QuantizedKVCache.from_state((tuple(arrays[:3]), tuple(arrays[3:]), n, c.group_size, c.bits)) if n else KVCache()
     k, v = arrays if n else (None, None)
     if kind == "sliding": return RotatingKVCache.from_state((k, v, n, 0, window, 0 if k is None else k.shape[2]))
+    if kind == "chunked": return ChunkedKVCache.from_state((k, v, n, window, 0 if k is None else n - k.shape[2]))
     return KVCache.from_state((k, v, n))
 
 @patch
@@ -99,7 +121,7 @@ def to_caches(self: PoolStore, n: int, # the sequence's token count
             if c.cache_class != "KVCache": raise UnsupportedCache(f"cache {i}: cannot rebuild an unused {c.cache_class}")
             caches.append(KVCache()); continue
         grp = self.pool.groups[self.group_of[i]]
-        caches.append(_cache_from(grp.kind, grp.window, len(self.arrays[i]), n, arrays.get(i)))
+        caches.append(_cache_from(c, grp.kind, grp.window, len(self.arrays[i]), n, arrays.get(i)))
     return caches
 
 # %% ../nbs/06_store.ipynb #52a44785
@@ -109,23 +131,34 @@ def caches(self: PoolStore, seq_id) -> list:
     return self.to_caches(*self.gather(seq_id))
 
 # %% ../nbs/06_store.ipynb #c9211f28
-def _live(cache, n: int) -> tuple[mx.array, mx.array]:
-    "K and V of the last tokens an mlx-lm cache holds, in temporal order, ending at position n (read from its `state`)."
+def _live(cache, n: int) -> list[mx.array]:
+    "K and V (a quantized cache: packed, scales, biases of K, then of V) of the last tokens an mlx-lm cache holds, in temporal order, ending at position n (read from its `state`)."
     if isinstance(cache, RotatingKVCache):
         keys, values, offset, keep, _, idx = cache.state      # keep is 0: checked by `_cache_problem`
         def order(v):                                          # a rotated buffer, oldest slot at idx
             if idx == v.shape[2]: return v
             return mx.concatenate([v[..., idx:, :], v[..., :idx, :]], axis=2) if idx < offset else v[..., :idx, :]
-        return order(keys), order(values)
+        return [order(keys), order(values)]
+    if isinstance(cache, ChunkedKVCache):                      # its buffer starts at token start_position
+        keys, values, offset, _, start = cache.state
+        return [keys[..., :offset - start, :], values[..., :offset - start, :]]
+    if isinstance(cache, QuantizedKVCache):
+        keys, values, *_ = cache.state
+        return [a[..., :n, :] for a in (*keys, *values)]
     keys, values, _ = cache.state
-    return keys[..., :n, :], values[..., :n, :]
+    return [keys[..., :n, :], values[..., :n, :]]
 
-_CACHE_CLASS = {"full": KVCache, "sliding": RotatingKVCache, "state": ArraysCache}
+_CACHE_CLASS = {"full": KVCache, "sliding": RotatingKVCache, "chunked": ChunkedKVCache, "state": ArraysCache}
+_PART_NAMES = {2: ("keys", "values"), 6: ("packed keys", "key scales", "key biases", "packed values", "value scales", "value biases")}
 
 def _cache_problem(c, grp, cache, n: int) -> str | None:
     "What is wrong with an mlx-lm cache standing for spec leaf `c` of group `grp` at offset n (None: nothing)."
-    want = _CACHE_CLASS[grp.kind]
-    if type(cache) is not want: return f"expected {want.__name__}, got {type(cache).__name__}"
+    want = QuantizedKVCache if c.bits else _CACHE_CLASS[grp.kind]
+    if type(cache) is not want:
+        if c.bits and type(cache) is KVCache:
+            return (f"a float KVCache, and this spec's cache is QuantizedKVCache ({c.bits} bits): mlx-lm's generation switches to it once the "
+                    "offset reaches quantized_kv_start, and the pool holds the quantized cache only; write back after the switch")
+        return f"expected {want.__name__}, got {type(cache).__name__}"
     if grp.kind == "state":
         if len(cache.cache) != len(c.state_shapes): return f"{len(cache.cache)} state arrays, expected {len(c.state_shapes)}"
         for a, shape, dt in zip(cache.cache, c.state_shapes, c.state_dtypes):
@@ -134,15 +167,21 @@ def _cache_problem(c, grp, cache, n: int) -> str | None:
         return None
     if grp.kind == "sliding" and (cache.max_size != grp.window or cache.keep):
         return f"max_size={cache.max_size}, keep={cache.keep}; the pool keeps window {grp.window}, keep 0"
+    if grp.kind == "chunked" and cache.chunk_size != grp.window: return f"chunk_size={cache.chunk_size}; the pool keeps chunks of {grp.window}"
+    if c.bits and (cache.bits, cache.group_size) != (c.bits, c.group_size):
+        return f"bits={cache.bits}, group_size={cache.group_size}; the spec's are {c.bits}, {c.group_size}"
     if cache.offset != n: return f"at offset {cache.offset}, the pool expects {n}"
     if n == 0: return None
     if cache.keys is None or cache.values is None: return "holds no keys or values"
-    dt = getattr(mx, c.dtype)
-    for name, a, dim in (("keys", cache.keys, c.k_head_dim), ("values", cache.values, c.v_head_dim)):
-        if a.ndim != 4 or a.shape[0] != 1 or a.shape[1] != c.n_kv_heads or a.shape[3] != dim or a.dtype != dt:
+    if c.bits and (len(cache.keys), len(cache.values)) != (3, 3): return "quantized keys and values are not (packed, scales, biases) triples"
+    parts = [*cache.keys, *cache.values] if c.bits else [cache.keys, cache.values]
+    for name, a, (dim, dt) in zip(_PART_NAMES[len(parts)], parts, _kv_parts(c)):
+        if a.ndim != 4 or a.shape[0] != 1 or a.shape[1] != c.n_kv_heads or a.shape[3] != dim or a.dtype != getattr(mx, dt):
             return f"{name} {tuple(a.shape)} {a.dtype}, expected (1, {c.n_kv_heads}, tokens, {dim}) {dt}"
     need = min(n, grp.window) if grp.window else n
-    if min(cache.keys.shape[2], cache.values.shape[2]) < need: return f"holds {cache.keys.shape[2]} tokens, needs {need}"
+    held = min(a.shape[2] for a in parts)
+    if grp.kind == "chunked": held = min(held, cache.offset - cache.start_position)
+    if held < need: return f"holds {held} tokens, needs {need}"
     return None
 
 # %% ../nbs/06_store.ipynb #e59f3d58
@@ -328,7 +367,7 @@ def _expected(self: PoolStore, n: int) -> tuple[dict[str, mx.array], dict[str, s
         c, grp = self.leaves[i], self.pool.groups[g]
         if grp.kind == "state": blank[i] = [mx.zeros((1, *s), getattr(mx, d)) for s, d in zip(c.state_shapes, c.state_dtypes)]; continue
         held = min(n, grp.window) if grp.window else n
-        blank[i] = [mx.zeros((1, c.n_kv_heads, held, d), getattr(mx, c.dtype)) for d in (c.k_head_dim, c.v_head_dim)]
+        blank[i] = [mx.zeros((1, c.n_kv_heads, held, d), getattr(mx, dt)) for d, dt in _kv_parts(c)]
     arrays, classes, scalars = _layout(self.to_caches(n, blank))
     return arrays, _flat_meta({}, classes, scalars)
 
@@ -346,6 +385,12 @@ def _check_layout(self: PoolStore, path: Path, arrays: dict, layout: dict, n: in
     if layout != want_layout: raise CorruptCacheFile(f"{path}: cache classes or scalars are not this pool's ({sorted(set(layout.items()) ^ set(want_layout.items()))[:4]})")
 
 # %% ../nbs/06_store.ipynb #922b90b0
+def _saved_arrays(arrays: dict, i: int, kind: str, c, count: int) -> list[mx.array]:
+    "Cache i's arrays in a file laid out as `save_prompt_cache` does: its state arrays, K and V, or K's and V's quantized triples."
+    if kind == "state": return [arrays[f"{i}.0.{j}"] for j in range(count)]
+    if c.bits: return [arrays[f"{i}.{kv}.{j}"] for kv in (0, 1) for j in range(3)]
+    return [arrays[f"{i}.0"], arrays[f"{i}.1"]]
+
 @patch
 def load(self: PoolStore, directory: str | Path, # where `save` wrote
          seq_id, # the saved sequence's id, and the id it gets in this pool
@@ -364,8 +409,8 @@ def load(self: PoolStore, directory: str | Path, # where `save` wrote
         toks, k = parse_tokens(tokens)
         if toks is None or k != n: raise PoolError(f"{seq_id!r} holds {n} tokens, give as many token ids (got {tokens!r:.40})")
     self._check_layout(path, arrays, meta["layout"], n)
-    held = {i: ([arrays[f"{i}.0.{j}"] for j in range(len(self.arrays[i]))] if self.pool.groups[g].kind == "state"
-                else [arrays[f"{i}.0"], arrays[f"{i}.1"]]) for i, g in self.group_of.items()}
+    held = {i: _saved_arrays(arrays, i, self.pool.groups[g].kind, self.leaves[i], len(self.arrays[i]))
+            for i, g in self.group_of.items()} if n else {}
     caches = self.to_caches(n, held)
     with self.pool.transaction():
         self.pool.admit(seq_id, 0 if tokens is None else [])   # [] starts the hash chain the token ids extend
