@@ -262,6 +262,20 @@ def admit(self: PoolStore, seq_id, # any hashable id, new to the pool
     toks, n = parse_tokens(prompt)
     return self.pool.admit(seq_id, 0 if toks is None else toks, cached_only=True)   # a count: every token left to run
 
+# %% ../nbs/06_store.ipynb #75a60deb
+@patch
+def check_caches(self: PoolStore, seq_id, # a sequence in the pool
+                 caches: list, # mlx-lm's caches for it, in `make_prompt_cache` order, after running the model
+                 tokens, # the tokens the model consumed since the caches were built: ids, or a count
+                ) -> None:
+    "Raise the `PoolError` `write_back` would raise for caches that do not fit this sequence; changes nothing."
+    with self.pool.transaction():
+        n = self.pool.table(seq_id)[0] + parse_tokens(tokens)[1]
+        if not isinstance(caches, (list, tuple)) or len(caches) != len(self.leaves):
+            raise PoolError(f"sequence {seq_id!r}: expected {len(self.leaves)} caches in make_prompt_cache order, got {len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__}")
+        for i, g in self.group_of.items():
+            if (p := _cache_problem(self.leaves[i], self.pool.groups[g], caches[i], n)): raise PoolError(f"sequence {seq_id!r}, cache {i}: {p}")
+
 # %% ../nbs/06_store.ipynb #42416c76
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -417,3 +431,6 @@ def load(self: PoolStore, directory: str | Path, # where `save` wrote
         try: self.write_back(seq_id, caches, n if tokens is None else toks)
         except BaseException: self.pool.free(seq_id); raise
     return n
+
+# %% ../nbs/06_store.ipynb #71089547
+from . import batch as _batch  # noqa: E402,F401  (kvspec.batch patches PoolStore: every store has its batch methods)
