@@ -227,7 +227,7 @@ class BlockPool:
                                 f"for: give a smaller budget_bytes or a larger block_tokens")
         self.fingerprint = spec_fingerprint(spec)
         self._seed = fingerprint_digest(self.fingerprint)
-        self._sharing = not any(g.kind == "state" for g in self.groups)
+        self._state_groups = [g for g, grp in enumerate(self.groups) if grp.kind == "state"]   # recurrent state: shared by snapshots
         self._free = [list(range(g.num_blocks - 1, -1, -1)) for g in self.groups]
         self._ref = [[0] * g.num_blocks for g in self.groups]
         self._hash_of = [{} for _ in self.groups]           # block → digest, for registered blocks
@@ -356,14 +356,18 @@ def table(self: BlockPool, seq_id) -> tuple[int, list[tuple[int, list[int]]]]:
 
 # %% ../nbs/05_pool.ipynb #24216dbc
 @patch
-def _match(self: BlockPool, hashes: list[bytes]) -> int:
-    "Longest prefix, in blocks, whose blocks every group holds cached."
-    if not self._sharing or not hashes: return 0
+def _match(self: BlockPool, hashes: list[bytes],
+           restore_state: bool = True, # a state group must also hold the snapshot at the prefix's end
+          ) -> int:
+    "Longest prefix, in blocks, whose blocks every group holds cached (and, with recurrent state, a state snapshot at its end)."
+    if not hashes: return 0
     k = 0
-    full = [g for g, grp in enumerate(self.groups) if not grp.window]
+    full = [g for g, grp in enumerate(self.groups) if not grp.window and grp.kind != "state"]
     while k < len(hashes) and all(hashes[k] in self._cached[g] for g in full): k += 1
     windowed = [g for g, grp in enumerate(self.groups) if grp.window]
-    while k and not all(hashes[j] in self._cached[g] for g in windowed for j in range(*self.block_range(g, k * self.block_tokens))):
+    states = self._state_groups if restore_state else ()
+    while k and not (all(hashes[j] in self._cached[g] for g in windowed for j in range(*self.block_range(g, k * self.block_tokens)))
+                     and all(hashes[k - 1] in self._cached[g] for g in states)):
         k -= 1
     return k
 
@@ -392,12 +396,14 @@ def _admit_fresh(self: BlockPool, seq_id, n: int, hashes, tail) -> int:
 
 # %% ../nbs/05_pool.ipynb #324be70a
 @patch
-def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
+def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes, restore_state: bool = True) -> int:
     "`admit` in general: match the cached prefix, plan every group, check them all, then take and register."
-    hit = self._match(hashes)
-    plans, need = [], []
+    hit = self._match(hashes, restore_state)
+    plans, need, snaps = [], [], {}
     for g, grp in enumerate(self.groups):
-        if grp.kind == "state": plans.append((0, [], 1)); need.append((1, self._avail(g))); continue
+        if grp.kind == "state":              # a fresh slot; at a hit, the snapshot there (in the LRU) is copied into it
+            if hit and restore_state: snaps[g] = self._cached[g][hashes[hit - 1]]
+            plans.append((0, [], 1)); need.append((1, self._avail(g) - (g in snaps))); continue
         lo, hi = self.block_range(g, n)
         reused = [self._cached[g][hashes[j]] for j in range(lo, min(hit, hi))]
         plans.append((lo, reused, hi - max(lo, hit)))
@@ -407,8 +413,8 @@ def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
     for g, (lo, reused, fresh) in enumerate(plans):
         for b in reused:
             self._lru[g].pop(b, None); self._ref[g][b] += 1
-        table = reused + self._take(g, fresh)
-        if hashes:
+        table = [self._restore_state(g, snaps[g])] if g in snaps else reused + self._take(g, fresh)
+        if hashes and g not in self._state_groups:
             for j in range(max(lo, hit), min(len(hashes), lo + len(table))): self._register(g, table[j - lo], hashes[j])
         tables.append(table); bases.append(lo)
     tail = toks[len(hashes) * self.block_tokens:] if toks is not None else None
@@ -420,6 +426,7 @@ def _admit_planned(self: BlockPool, seq_id, toks, n: int, hashes) -> int:
 def admit(self: BlockPool, seq_id, # any hashable id, new to the pool
           tokens=0, # token ids (prefix sharing), or a count
           cached_only: bool = False, # hold only the longest cached prefix of `tokens`, leaving at least one token uncached
+          restore_state: bool = True, # with recurrent state, a hit needs a state snapshot (False: the caller writes all the state back, so blocks alone match)
          ) -> int:
     "Start a sequence holding `tokens` (or only their cached prefix); returns how many leading tokens were found cached."
     with self._lock:
@@ -430,21 +437,21 @@ def admit(self: BlockPool, seq_id, # any hashable id, new to the pool
         if toks is None: return self._admit_fresh(seq_id, n, None, None)   # a count: nothing to share
         asked = n
         if cached_only:                      # the prompt's cached prefix only: the caller runs the rest
-            n = self._match(chain_hashes(self._seed, toks[:n - 1], self.block_tokens)) * self.block_tokens if n else 0
+            n = self._match(chain_hashes(self._seed, toks[:n - 1], self.block_tokens), restore_state) * self.block_tokens if n else 0
             toks = toks[:n]
         hashes = chain_hashes(self._seed, toks, self.block_tokens)
-        hit = self._admit_planned(seq_id, toks, n, hashes) if hashes else self._admit_fresh(seq_id, n, hashes, toks)
+        hit = self._admit_planned(seq_id, toks, n, hashes, restore_state) if hashes else self._admit_fresh(seq_id, n, hashes, toks)
         self._lookups[0] += 1; self._lookups[1] += asked; self._lookups[2] += hit
         return hit
 
 # %% ../nbs/05_pool.ipynb #f3fdc9e9
 @patch
 def sharing(self: BlockPool) -> dict:
-    "Prefix sharing so far: whether this pool can share at all, admits by token ids, their tokens, the tokens found cached."
+    "Prefix sharing so far: whether this pool can share, admits by token ids, their tokens, the tokens found cached, recurrent-state snapshots kept."
     with self._lock:
         n, asked, hit = self._lookups
-        return dict(enabled=self._sharing, reason=None if self._sharing else "recurrent state cannot be rebuilt from a token prefix",
-                    lookups=n, lookup_tokens=asked, hit_tokens=hit, hit_rate=hit / asked if asked else 0.0)
+        return dict(enabled=True, reason=None, lookups=n, lookup_tokens=asked, hit_tokens=hit, hit_rate=hit / asked if asked else 0.0,
+                    snapshots=sum(len(self._cached[g]) for g in self._state_groups))
 
 # %% ../nbs/05_pool.ipynb #88f2cefb
 @patch
@@ -512,7 +519,7 @@ def share(self: BlockPool, seq_id, # a sequence in the pool
           since_tokens: int,         # blocks completed after this many tokens are considered
           data_from: Sequence[int],  # per group: the first position whose slot holds real data
          ) -> None:
-    "Offer for prefix sharing the complete blocks of `seq_id` that were completed after `since_tokens` and hold data in every slot."
+    "Offer for prefix sharing the complete blocks of `seq_id` completed after `since_tokens` with data in every slot (and at a block boundary, its state)."
     with self._lock:
         s = self._seq(seq_id)
         since_tokens = _count("since_tokens", since_tokens)
@@ -520,12 +527,37 @@ def share(self: BlockPool, seq_id, # a sequence in the pool
         except TypeError: raise PoolError(f"data_from must be a count per block group, got {data_from!r:.40}") from None
         if len(data_from) != len(self.groups):
             raise PoolError(f"data_from must give {len(self.groups)} counts, one per block group, got {len(data_from)}")
-        if not self._sharing or not s.hashes: return
+        if not s.hashes: return
         B = self.block_tokens
         for g in range(len(self.groups)):
+            if g in self._state_groups: continue     # a state slot is offered as a snapshot copy, below
             base, table = s.base[g], s.tables[g]
             for j in range(max(since_tokens // B, base, -(-data_from[g] // B)), min(len(s.hashes), base + len(table))):
                 self._register(g, table[j - base], s.hashes[j])
+        self._offer_state(s)
+
+# %% ../nbs/05_pool.ipynb #5a7e0002
+@patch
+def _restore_state(self: BlockPool, g: int, src: int) -> int:
+    "A fresh state slot holding a copy of snapshot `src` (pinned while the slot is taken, so taking cannot evict it)."
+    self._lru[g].pop(src); self._ref[g][src] += 1
+    (b,) = self._take(g, 1)
+    if self.on_copy: self.on_copy(g, src, b)
+    self._release(g, src)                     # back in the LRU, at its most recently used end
+    return b
+
+@patch
+def _offer_state(self: BlockPool, s: _Seq) -> None:
+    "At a block boundary whose blocks are all offered, keep a copy of the sequence's state slot as the snapshot of that prefix."
+    n, B = s.num_tokens, self.block_tokens
+    if not self._state_groups or not n or n % B or len(s.hashes or ()) < n // B: return
+    h = s.hashes[n // B - 1]
+    if self._match(s.hashes[:n // B], restore_state=False) < n // B: return   # a snapshot no admit could use
+    for g in self._state_groups:
+        if h in self._cached[g] or not self._avail(g): continue   # kept already, or no slot to spare: sharing is only an offer
+        (b,) = self._take(g, 1)
+        if self.on_copy: self.on_copy(g, s.tables[g][0], b)
+        self._register(g, b, h); self._release(g, b)             # registered and unreferenced: cached, evictable
 
 # %% ../nbs/05_pool.ipynb #d04d8bf2
 @patch
@@ -575,12 +607,14 @@ def can_fit(self: BlockPool, num_tokens: int, num_seqs: int = 1) -> bool:
 
 # %% ../nbs/05_pool.ipynb #faead81a
 @patch
-def prefix_tokens(self: BlockPool, tokens) -> int:
+def prefix_tokens(self: BlockPool, tokens,
+                  restore_state: bool = True, # with recurrent state, count only prefixes with a state snapshot (False: blocks alone)
+                 ) -> int:
     "How many leading tokens of `tokens` a new sequence would find cached (a multiple of block_tokens)."
     toks, _ = parse_tokens(tokens)
     if toks is None: raise PoolError("prefix lookup needs token ids, not a count")
     with self._lock:
-        return self._match(chain_hashes(self._seed, toks, self.block_tokens)) * self.block_tokens
+        return self._match(chain_hashes(self._seed, toks, self.block_tokens), restore_state) * self.block_tokens
 
 # %% ../nbs/05_pool.ipynb #521184f9
 @patch
@@ -618,6 +652,8 @@ def check(self: BlockPool) -> None:
                 assert owners[b] == self._ref[g][b], f"{grp.name}: block {b} refcount {self._ref[g][b]} but {owners[b]} owners"
                 assert (owners[b] > 0) + (b in free) + (b in lru) == 1, f"{grp.name}: block {b} owned, free or cached wrongly"
             assert set(self._hash_of[g]) == set(self._cached[g].values()), f"{grp.name}: hash index out of step"
+            if grp.kind == "state":   # a snapshot is a copy no sequence writes: registered slots are never a sequence's own
+                assert all(self._ref[g][b] == 0 for b in self._hash_of[g]), f"{grp.name}: a state snapshot is a sequence's own slot"
             for s in self._seqs.values():
                 if grp.kind != "state":
                     lo, hi = self.block_range(g, s.num_tokens)

@@ -276,6 +276,21 @@ def check_caches(self: PoolStore, seq_id, # a sequence in the pool
         for i, g in self.group_of.items():
             if (p := _cache_problem(self.leaves[i], self.pool.groups[g], caches[i], n)): raise PoolError(f"sequence {seq_id!r}, cache {i}: {p}")
 
+# %% ../nbs/06_store.ipynb #5a7e0102
+@patch
+def insert(self: PoolStore, seq_id, # any hashable id, new to the pool
+           tokens, # the token ids `caches` hold, all of them
+           caches: list, # mlx-lm's caches after running `tokens`, make_prompt_cache order
+          ) -> int:
+    "Keep `caches` as a new sequence, reusing every cached block of their prefix (their own state written whole); returns the tokens reused."
+    toks, n = parse_tokens(tokens)
+    if toks is None: raise PoolError("insert needs the token ids the caches hold, not a count")
+    with self.pool.transaction():
+        hit = self.pool.admit(seq_id, toks, cached_only=True, restore_state=False)   # raises PoolExhausted with nothing changed
+        try: self.write_back(seq_id, caches, toks[hit:])
+        except BaseException: self.pool.free(seq_id); raise
+    return hit
+
 # %% ../nbs/06_store.ipynb #42416c76
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
