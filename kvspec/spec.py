@@ -236,6 +236,7 @@ def run_nbytes(caches: Sequence[tuple[CacheSpec, int]], # caches with how many o
                quantized_from: int = 0, # quantized caches hold plain K/V until this many tokens
               ) -> tuple[int, int]:
     "(final, peak) total bytes of these caches over the calls, with whole cycles of equal calls jumped over."
+    batch = check_int(batch, "batch", error=InvalidChunks)  # checked here once, for every caller
     leaves = [l for c, k in caches for l in _leaves(c, k)]
     if any(l.cache_class not in SLOTS and l.kind not in ("state", "unused") for l, _ in leaves):
         calls = sum(c for _, c in runs)
@@ -260,7 +261,7 @@ def nbytes(self: ModelCacheSpec,
            quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
           ) -> int:
     "Exact bytes of all caches after the model is called on token chunks of these sizes, in order."
-    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[0]
+    return run_nbytes(self.geometries(), chunk_runs(chunks), batch, quantized_kv_start)[0]
 
 @patch
 def peak_nbytes(self: ModelCacheSpec,
@@ -269,7 +270,7 @@ def peak_nbytes(self: ModelCacheSpec,
                 quantized_kv_start: int = 0, # as in `ModelCacheSpec.nbytes_after`
                ) -> int:
     "Largest total cache bytes after any of the calls."
-    return run_nbytes(self.geometries(), chunk_runs(chunks), check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
+    return run_nbytes(self.geometries(), chunk_runs(chunks), batch, quantized_kv_start)[1]
 
 @patch
 def generate_nbytes(self: ModelCacheSpec,
@@ -281,7 +282,7 @@ def generate_nbytes(self: ModelCacheSpec,
                    ) -> tuple[int, int]:
     "(final, peak) cache bytes of an `mlx_lm.generate` run with this prompt and generation length, for any context."
     runs = generate_runs(prompt_tokens, max_tokens, prefill_step_size)
-    return run_nbytes(self.geometries(), runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)
+    return run_nbytes(self.geometries(), runs, batch, quantized_kv_start)
 
 # %% ../nbs/01_spec.ipynb #2efec838
 @patch
@@ -293,7 +294,7 @@ def max_nbytes(self: CacheSpec,
               ) -> int:
     "Peak bytes this one cache holds while `mlx_lm.generate` fills `context_tokens` tokens, for `batch` sequences."
     runs = generate_runs(context_tokens, 0, prefill_step_size)
-    return run_nbytes([(self, 1)], runs, check_int(batch, "batch", error=InvalidChunks), quantized_kv_start)[1]
+    return run_nbytes([(self, 1)], runs, batch, quantized_kv_start)[1]
 
 # %% ../nbs/01_spec.ipynb #1927076e
 @patch(as_prop=True)
