@@ -636,6 +636,13 @@ def stats(self: BlockPool) -> list[dict]:
                             utilisation=used / grp.num_blocks if grp.num_blocks else 0.0, waste_bytes=waste))
         return out
 
+# %% ../nbs/05_pool.ipynb #b1c0ccf1
+@patch
+def occupancy(self: BlockPool) -> list[tuple[int, int]]:
+    "Per group, (blocks referenced, blocks unreferenced but kept cached): the counts `stats` reports, read in O(1) per group for a caller polling every request."
+    with self._lock:
+        return [(g.num_blocks - self._avail(i), len(self._lru[i])) for i, g in enumerate(self.groups)]
+
 # %% ../nbs/05_pool.ipynb #66af1d61
 @patch
 def check(self: BlockPool) -> None:

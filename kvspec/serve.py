@@ -25,7 +25,7 @@ from fastcore.basics import patch
 import kvspec.build  # attaches ModelCacheSpec.from_config / from_pretrained / from_model
 from .config import KVSpecError, check_int
 from .plan import parse_bytes
-from .pool import BlockPool, PoolExhausted
+from .pool import BlockPool, PoolExhausted, chain_hashes
 from .spec import ModelCacheSpec
 from .store import CorruptCacheFile, PoolStore, SpecMismatch
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
@@ -34,9 +34,9 @@ log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
 __all__ = ['log', 'PROMPT_CACHE_INTERFACE', 'ServeError', 'prompt_cache_interface', 'server_cache_calls', 'fit_tokens',
-           'common_prefix', 'cache_tokens', 'PoolPromptCache', 'write_atomic', 'prompt_token_count',
-           'admission_refusal', 'add_mlx_lm_server_arguments', 'add_serve_arguments', 'serve_parser', 'model_identity',
-           'make_prompt_cache_for', 'make_handler', 'serve']
+           'common_prefix', 'cache_tokens', 'PrefixIndex', 'PoolPromptCache', 'write_atomic', 'prompt_token_count',
+           'prompt_token_bound', 'admission_refusal', 'add_mlx_lm_server_arguments', 'add_serve_arguments',
+           'serve_parser', 'model_identity', 'make_prompt_cache_for', 'make_handler', 'serve']
 
 # %% ../nbs/12_serve.ipynb #c13ad0e4
 class ServeError(KVSpecError, ValueError):
@@ -82,12 +82,16 @@ def fit_tokens(pool: BlockPool) -> int | None:
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
 
-def common_prefix(a: tuple, b: tuple) -> int:
-    "Length of the longest common prefix of two token tuples (bisected with C-speed slice compares)."
-    lo, hi = 0, min(len(a), len(b))
+def common_prefix(a: tuple, b: tuple, # token ids
+                  start: int = 0,       # a and b are known equal before this position
+                 ) -> int:
+    "Length of the longest common prefix of two token tuples: C-speed compares, 64 tokens at a time, then bisected within the chunk that differs."
+    n = min(len(a), len(b)); lo = min(start, n)
+    while lo + 64 <= n and a[lo:lo + 64] == b[lo:lo + 64]: lo += 64
+    hi = min(n, lo + 64)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+        lo, hi = (mid, hi) if a[lo:mid] == b[lo:mid] else (lo, mid - 1)
     return lo
 
 def cache_tokens(caches) -> int | None:
@@ -95,16 +99,81 @@ def cache_tokens(caches) -> int | None:
     offs = [c.offset for c in caches if hasattr(c, "offset")]
     return min(offs) if offs else None
 
+# %% ../nbs/12_serve.ipynb #a7e41c01
+class PrefixIndex:
+    "Cached prompts by their leading blocks (a chained digest per complete block): a lookup costs the prompt's blocks, not one compare per cached prompt."
+    SEED = b"kvspec.serve.PrefixIndex"
+    def __init__(self, block_tokens: int):
+        self.block_tokens, self.keys = block_tokens, {}   # keys: id → token ids
+        self.through: dict[bytes, set] = {}  # digest of blocks [0, j) → ids of prompts holding all j blocks (b"": j = 0, every prompt)
+        self.ends: dict[bytes, set] = {}     # digest of blocks [0, j) → ids of prompts with exactly j complete blocks
+
+    def __len__(self): return len(self.keys)
+    def __contains__(self, ident): return ident in self.keys
+    def digests(self, toks) -> list[bytes]: return [b""] + chain_hashes(self.SEED, toks, self.block_tokens)
+
+    def add(self, ident, key: tuple, ds: list[bytes] | None = None):   # ds: `digests(key)`, if the caller has them
+        ds = ds or self.digests(key); self.keys[ident] = key
+        for d in ds: self.through.setdefault(d, set()).add(ident)
+        self.ends.setdefault(ds[-1], set()).add(ident)
+
+    def remove(self, ident):
+        ds = self.digests(self.keys.pop(ident))
+        for table, d in [(self.through, d) for d in ds] + [(self.ends, ds[-1])]:
+            table[d].discard(ident)
+            if not table[d]: del table[d]
+
+    def walk(self, toks: tuple, ds: list[bytes] | None = None):
+        "(j, digest, ids of prompts ending in block j) for each leading block j of `toks` some indexed prompt holds whole."
+        if not self.keys: return
+        for j, d in enumerate(ds or self.digests(toks)):
+            if d not in self.through: return
+            yield j, d, self.ends.get(d, ())
+
+# %% ../nbs/12_serve.ipynb #a7e41c02
+@patch
+def longest(self: PrefixIndex, toks: tuple, # a request's token ids
+            limit: int,                     # most tokens to share (mlx-lm leaves at least one to run)
+            partial: bool,                  # whether a longer prompt may count for the part it shares (it can be cut back)
+           ) -> tuple[int, object]:
+    "(tokens shared, id) of the indexed prompt sharing the longest prefix of `toks`; (0, None) if none does."
+    B, best, found, deepest = self.block_tokens, 0, None, None
+    for j, d, ending in self.walk(toks[:limit]):
+        deepest = j, d
+        for i in ending:                            # prompts ending in this block: `toks` may start with one whole
+            k = self.keys[i]
+            if best < len(k) <= limit and common_prefix(k, toks, j * B) == len(k): best, found = len(k), i
+    if partial and deepest is not None:             # or the one going furthest along `toks`, to be cut back
+        j, d = deepest
+        for i in self.through[d]:
+            c = min(common_prefix(self.keys[i], toks, j * B), limit)
+            if c > best: best, found = c, i
+    return best, found
+
+@patch
+def prefixes_of(self: PrefixIndex, key: tuple, # token ids
+                proper: bool = True,           # leave out a prompt equal to `key`
+                ds: list[bytes] | None = None, # `digests(key)`, if the caller has them
+               ) -> list:
+    "Ids of the indexed prompts `key` starts with."
+    B, out = self.block_tokens, []
+    for j, d, ending in self.walk(key, ds):
+        for i in ending:
+            k = self.keys[i]
+            if (len(k) < len(key) or not proper and len(k) == len(key)) and common_prefix(k, key, j * B) == len(k): out.append(i)
+    return out
+
 # %% ../nbs/12_serve.ipynb #b28dc127
 class PoolPromptCache:
     "mlx-lm's server prompt-cache interface over a kvspec `BlockPool`: an exact byte budget, shared prefix blocks, persistence."
     def __init__(self, spec: ModelCacheSpec,
                  budget_bytes: int,                    # the whole prompt cache, in bytes (its storage never exceeds it)
                  block_tokens: int = 64,               # token slots per block
-                 cache_dir: str | Path | None = None,  # where cached prompts persist (loaded now, written as cached)
+                 cache_dir: str | Path | None = None,  # where cached prompts persist (loaded now, written as cached, kept when evicted)
                  max_entries: int | None = None,       # most cached prompts kept (None: as many as the bytes allow)
                  model_id: str = "",                   # names the weights: saved prompts of other weights are not loaded
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
+                 cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
                 ):
         self.budget_nbytes = check_int(budget_bytes, "budget_bytes", error=ServeError)
         self.pool = BlockPool(spec, self.budget_nbytes, check_int(block_tokens, "block_tokens", error=ServeError),
@@ -114,26 +183,68 @@ class PoolPromptCache:
         self.fit_tokens = fit_tokens(self.pool)
         self.sharing = not any(g.kind == "state" for g in self.pool.groups)
         self.trimmable = all(g.kind == "full" for g in self.pool.groups)   # a cached prompt can be cut back to a shorter one
-        self.entries: dict[tuple, dict] = {}   # token ids → {"seq", "cache_type"}, least recently used first
+        self.entries: dict[tuple, dict] = {}   # token ids → {"seq", "cache_type", "blocks"}, least recently used first
+        self.keys: dict[str, tuple] = {}       # seq → token ids
+        self.index = PrefixIndex(self.pool.block_tokens)        # the cached prompts, by seq
+        self.continued: dict[str, None] = {}   # seqs a fetch served cut back: superseded once what continued them is cached
+        self._types: dict[str, list] = {}      # cache type → [prompts, Counter of (group, block) held, bytes of those blocks]
+        self._holders = [Counter() for _ in self.pool.groups]   # per group: block → cached prompts holding it
+        self._shared = [0] * len(self.pool.groups)              # per group: blocks more than one cached prompt holds
         self.lock = threading.RLock()          # the generation thread changes it, /kvspec/stats reads it
-        self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, persisted=0, inserts=0,
-                             lookups=0, loaded=0, skipped_files=0, insert_refused=0)
+        self._run, self._made = uuid.uuid4().hex[:8], 0   # new_seq: this run's prefix, prompts made so far
+        self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, persisted=0, inserts=0, lookups=0, loaded=0,
+                             skipped_files=0, insert_refused=0, superseded=0, disk_hits=0, disk_hit_tokens=0, disk_dropped=0)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.cache_dir_bytes = 4 * self.budget_nbytes if cache_dir_bytes is None else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError)
+        self.disk: dict[str, dict] = {}        # seq → {"key", "cache_type", "nbytes"} of each saved prompt, least recently used first
+        self.disk_index, self.disk_nbytes = PrefixIndex(self.pool.block_tokens), 0   # saved prompts not in memory; bytes of all files
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self.load_dir()
 
     def __len__(self): return len(self.entries)
 
+    def new_seq(self) -> str:
+        "A new cached prompt's id, unique across restarts sharing a cache_dir (and its file name there)."
+        self._made += 1; return f"e{self._run}{self._made:08x}"
+
     @property
     def nbytes(self) -> int:
-        "Bytes of pool blocks holding cached tokens now (referenced, or unreferenced and kept for reuse)."
-        return sum(s["used_bytes"] + s["cached"] * s["block_bytes"] for s in self.pool.stats())
+        "Bytes of pool blocks holding cached tokens now (referenced, or unreferenced and kept for reuse): O(1), mlx-lm reads it every request."
+        return sum((u + c) * g.block_bytes for (u, c), g in zip(self.pool.occupancy(), self.pool.groups))
 
     def owns(self, model) -> bool:
         "Whether `model` (the server's model key) is the one this cache serves: the first one it is asked about."
         if self.model_key is None: self.model_key = model
         return model == self.model_key
+
+# %% ../nbs/12_serve.ipynb #c3b1aa01
+@patch
+def _book(self: PoolPromptCache, cache_type: str, blocks: list[tuple[int, int]], sign: int):
+    "Count a cached prompt's blocks in (sign 1) or out (-1) of the per-type bytes and the shared-block counts, so reading them costs nothing."
+    t = self._types.setdefault(cache_type, [0, Counter(), 0]); t[0] += sign
+    for g, b in blocks:
+        held, h = t[1], self._holders[g]
+        held[g, b] += sign; h[b] += sign
+        if held[g, b] == (sign > 0): t[2] += sign * self.pool.groups[g].block_bytes   # first holder of its type in, last out
+        if h[b] == (2 if sign > 0 else 1): self._shared[g] += sign                     # second holder in, or out
+        if not held[g, b]: del held[g, b]
+        if not h[b]: del h[b]
+
+@patch
+def remember(self: PoolPromptCache, key: tuple, seq: str, cache_type: str, ds: list[bytes] | None = None):  # ds: its index digests
+    "Book a prompt the pool holds under `seq` as the most recently used cached prompt."
+    blocks = [(g, b) for g, (_, ids) in enumerate(self.pool.table(seq)[1]) for b in ids]
+    self.entries[key] = dict(seq=seq, cache_type=cache_type, blocks=blocks); self.keys[seq] = key
+    self.index.add(seq, key, ds); self._book(cache_type, blocks, 1)
+
+@patch
+def forget(self: PoolPromptCache, key: tuple) -> dict:
+    "Unbook a cached prompt and give its blocks back to the pool (shared ones stay findable until reused); returns its entry."
+    e = self.entries.pop(key); del self.keys[e["seq"]]; self.continued.pop(e["seq"], None)
+    self.index.remove(e["seq"]); self._book(e["cache_type"], e["blocks"], -1)
+    self.pool.free(e["seq"])
+    return e
 
 # %% ../nbs/12_serve.ipynb #8283e9de
 @patch
@@ -142,28 +253,29 @@ def fetch_nearest_cache(self: PoolPromptCache, model, # the server's model key
     "(caches, tokens still to run): the longest cached prefix of `tokens` as fresh mlx-lm caches (None, tokens if nothing)."
     with self.lock:
         self.counters["lookups"] += 1
-        best, best_key, hit, toks = 0, None, 0, tuple(tokens)
-        if self.owns(model) and len(tokens) > 1:
-            for key in self.entries:                     # the cached prompt sharing the longest prefix (not all of this one)
-                c = min(common_prefix(key, toks), len(toks) - 1)
-                if c > best and (c == len(key) or self.trimmable): best, best_key = c, key
-            hit = self.pool.prefix_tokens(list(tokens[:len(tokens) - 1]))   # or shared blocks of any cached prompt
-        caches = None
-        if best_key is not None and best > hit:
-            caches = self.store.caches(self.entries[best_key]["seq"])
-            if len(best_key) > best:                     # a longer prompt: cut back to the shared part, as mlx-lm does
-                if can_trim_prompt_cache(caches): trim_prompt_cache(caches, len(best_key) - best)
+        toks, best, seq, hit, disk = tuple(tokens), 0, None, 0, False
+        if self.owns(model) and len(toks) > 1:   # the cached prompt sharing the longest prefix (not all of this one)
+            best, seq = self.index.longest(toks, len(toks) - 1, partial=self.trimmable)
+            hit = self.pool.prefix_tokens(list(toks[:-1]))   # or shared blocks of any cached prompt
+            if self.disk_index and (got := self.from_disk(toks, max(best, hit))): (best, seq), disk = got, True
+        caches, key = None, self.keys.get(seq)
+        if key is not None and best > hit:
+            caches = self.store.caches(seq)
+            if len(key) > best:                  # a longer prompt: cut back to the shared part, as mlx-lm does
+                if can_trim_prompt_cache(caches): trim_prompt_cache(caches, len(key) - best); self.continued[seq] = None
                 else: caches = None
-            if caches is not None: self.entries[best_key] = self.entries.pop(best_key)   # now the most recently used
+            if caches is not None: self.entries[key] = self.entries.pop(key)   # now the most recently used
         if caches is None and hit:
             tmp, best = ("fetch", uuid.uuid4().hex), hit
-            self.pool.admit(tmp, list(tokens[:hit]))
+            self.pool.admit(tmp, list(toks[:hit]))
             try: caches = self.store.caches(tmp)
             finally: self.pool.free(tmp)
         if caches is None:
             self.counters["prefill_tokens"] += len(tokens); return None, tokens
-        mx.eval([c.state for c in caches])
+        mx.eval([c.state for c in caches])       # the caches own their arrays now: the store's are never copied on write
         self.counters["prefix_hit_tokens"] += best; self.counters["prefill_tokens"] += len(tokens) - best
+        if disk: self.counters["disk_hits"] += 1; self.counters["disk_hit_tokens"] += best
+        while len(self.continued) > 64: self.continued.pop(next(iter(self.continued)))
         return caches, tokens[best:]
 
 # %% ../nbs/12_serve.ipynb #49fde044
@@ -183,7 +295,7 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
             self.counters["insert_refused"] += 1   # could never fit: keep what is cached
             log.warning("a prompt of %d tokens is larger than the prompt cache (%d bytes): not cached", n, self.budget_nbytes)
             return
-        seq = f"e{uuid.uuid4().hex[:16]}"
+        seq = self.new_seq()
         while True:
             try:
                 hit = self.store.admit(seq, list(key))   # shares the cached leading blocks
@@ -195,31 +307,46 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
                     log.warning("a prompt of %d tokens does not fit the prompt cache (%d bytes): not cached", n, self.budget_nbytes)
                     return
                 self.evict_one()
-        self.entries[key] = dict(seq=seq, cache_type=cache_type)
+        ds = self.index.digests(key)
+        self.remember(key, seq, cache_type, ds)
         self.counters["inserts"] += 1
-        if self.sharing:    # a shorter cached prompt this one extends holds nothing but its partial tail block now
-            for k in [k for k in self.entries if len(k) < n and key[:len(k)] == k]: self.drop(k)
+        self.drop_redundant(key, seq, ds)
         while self.max_entries is not None and len(self.entries) > self.max_entries: self.evict_one()
         if self.cache_dir is not None: self.persist(key)
 
+# %% ../nbs/12_serve.ipynb #c3b1aa02
+@patch
+def drop_redundant(self: PoolPromptCache, key: tuple, seq: str, ds: list[bytes]):  # the prompt just cached, its seq and index digests
+    "Drop what the new prompt makes useless: shorter cached or saved prompts it extends, and prompts it continued that differ only in their last block."
+    if self.sharing:    # a shorter prompt this one extends holds nothing but its partial tail block now
+        for s in self.index.prefixes_of(key, ds=ds): self.drop(self.keys[s])
+        for s in self.disk_index.prefixes_of(key, proper=False, ds=ds): self.drop_saved(s)
+    if not self.trimmable: return
+    B = self.pool.block_tokens
+    for s in [s for s in self.continued if s != seq]:   # a fetch served these cut back; the request's own prompt is cached now
+        k = self.keys[s]
+        if len(k) - common_prefix(k, key) < B:          # what only `k` holds fits in its last block: the tokens the client did not send back
+            self.drop(k); self.counters["superseded"] += 1
+
 # %% ../nbs/12_serve.ipynb #67746e0c
 @patch
-def drop(self: PoolPromptCache, key: tuple):  # token ids of a cached prompt
-    "Forget one cached prompt: its blocks go back to the pool (shared ones stay findable until reused), its files go."
-    e = self.entries.pop(key)
-    self.pool.free(e["seq"])
-    if self.cache_dir is not None:
-        for suffix in (".json", ".safetensors"): (self.cache_dir / f"{e['seq']}{suffix}").unlink(missing_ok=True)
+def drop(self: PoolPromptCache, key: tuple,  # token ids of a cached prompt
+         keep_file: bool = False):            # keep its saved files (then it can be loaded back from disk)
+    "Forget one cached prompt: its blocks go back to the pool (shared ones stay findable until reused); its files go too unless kept."
+    e = self.forget(key)
+    if self.cache_dir is None or e["seq"] not in self.disk: return
+    if keep_file: self.disk_index.add(e["seq"], key)
+    else: self.drop_saved(e["seq"])
 
 @patch
 def evict_one(self: PoolPromptCache):
-    "Drop the least recently used cached prompt."
-    self.drop(next(iter(self.entries))); self.counters["evictions"] += 1
+    "Drop the least recently used cached prompt for room; with a cache_dir its files stay, loadable again."
+    self.drop(next(iter(self.entries)), keep_file=True); self.counters["evictions"] += 1
 
 @patch
 def held_nbytes(self: PoolPromptCache) -> int:
     "Bytes of the blocks cached prompts reference (each shared block once)."
-    return sum(s["used_bytes"] for s in self.pool.stats())
+    return sum(u * g.block_bytes for (u, _), g in zip(self.pool.occupancy(), self.pool.groups))
 
 @patch
 def trim_to(self: PoolPromptCache, *, n_sequences: int | None = None, # most cached prompts to keep
@@ -231,14 +358,10 @@ def trim_to(self: PoolPromptCache, *, n_sequences: int | None = None, # most cac
 
 @patch
 def stats_by_type(self: PoolPromptCache) -> dict:
-    "Per cache type: cached prompts and the bytes of their blocks (a shared block counts in each type holding it)."
+    "Per cache type: cached prompts and the bytes of their blocks (a shared block counts in each type holding it). O(1): mlx-lm logs it every request."
     with self.lock:
         out = {t: {"n_sequences": 0, "n_bytes": 0} for t in ("assistant", "user", "system")}
-        blocks = {}
-        for e in self.entries.values():
-            t = out.setdefault(e["cache_type"], {"n_sequences": 0, "n_bytes": 0}); t["n_sequences"] += 1
-            for g, (_, ids) in enumerate(self.pool.table(e["seq"])[1]): blocks.setdefault(e["cache_type"], set()).update((g, b) for b in ids)
-        for t, s in blocks.items(): out[t]["n_bytes"] = sum(self.pool.groups[g].block_bytes for g, _ in s)
+        for t, (n, _, nb) in self._types.items(): out[t] = {"n_sequences": n, "n_bytes": nb}
         return out
 
 # %% ../nbs/12_serve.ipynb #a346c4e3
@@ -246,18 +369,16 @@ def stats_by_type(self: PoolPromptCache) -> dict:
 def stats(self: PoolPromptCache) -> dict:
     "What `GET /kvspec/stats` answers: the budget, bytes held, blocks, prefix hits, prefill work, evictions, persistence — whole and per block group."
     with self.lock:
-        owners = [Counter() for _ in self.pool.groups]
-        for e in self.entries.values():
-            for g, (_, ids) in enumerate(self.pool.table(e["seq"])[1]): owners[g].update(ids)
-        groups = [dict(group=s["group"], blocks_total=s["blocks"], blocks_used=s["used"], blocks_cached=s["cached"],
-                       blocks_shared=sum(1 for c in owners[g].values() if c > 1), block_bytes=s["block_bytes"],
-                       budget_nbytes=s["total_bytes"], cache_nbytes=s["used_bytes"] + s["cached"] * s["block_bytes"])
-                  for g, s in enumerate(self.pool.stats())]
+        groups = [dict(group=g.name, blocks_total=g.num_blocks, blocks_used=u, blocks_cached=c, blocks_shared=self._shared[i],
+                       block_bytes=g.block_bytes, budget_nbytes=g.num_blocks * g.block_bytes, cache_nbytes=(u + c) * g.block_bytes)
+                  for i, (g, (u, c)) in enumerate(zip(self.pool.groups, self.pool.occupancy()))]
         total = lambda k: sum(g[k] for g in groups)
         return dict(budget_nbytes=self.budget_nbytes, storage_nbytes=total("budget_nbytes"), cache_nbytes=total("cache_nbytes"),
                     held_nbytes=self.held_nbytes(), blocks_total=total("blocks_total"), blocks_used=total("blocks_used"),
                     blocks_shared=total("blocks_shared"), block_tokens=self.pool.block_tokens, fit_tokens=self.fit_tokens,
-                    entries=len(self.entries), **self.counters, sharing=self.pool.sharing(), groups=groups)
+                    entries=len(self.entries), **self.counters, disk_entries=len(self.disk), disk_only_entries=len(self.disk_index),
+                    disk_nbytes=self.disk_nbytes, cache_dir_bytes=self.cache_dir_bytes if self.cache_dir is not None else None,
+                    sharing=self.pool.sharing(), groups=groups)
 
 # %% ../nbs/12_serve.ipynb #8ea59e5d
 def write_atomic(path: Path,   # the file to (re)place
@@ -271,23 +392,77 @@ def write_atomic(path: Path,   # the file to (re)place
 
 @patch
 def persist(self: PoolPromptCache, key: tuple):  # token ids of a cached prompt
-    "Save one cached prompt to `cache_dir`: its token ids and type first, then its blocks (each write atomic)."
-    e = self.entries[key]
-    meta = dict(tokens=list(key), cache_type=e["cache_type"], model_id=self.model_id, seq=e["seq"])
-    write_atomic(self.cache_dir / f"{e['seq']}.json", json.dumps(meta).encode())
-    self.store.save(e["seq"], self.cache_dir)
+    "Save one cached prompt to `cache_dir`: its token ids and type first, then its blocks (each write atomic); drop the oldest files beyond `cache_dir_bytes`."
+    e = self.entries[key]; seq = e["seq"]
+    meta = dict(tokens=list(key), cache_type=e["cache_type"], model_id=self.model_id, seq=seq)
+    write_atomic(self.cache_dir / f"{seq}.json", json.dumps(meta).encode())
+    self.store.save(seq, self.cache_dir)
+    self.saved(seq, key, e["cache_type"])
     self.counters["persisted"] += 1
+    self.prune_disk()
+
+@patch
+def saved(self: PoolPromptCache, seq: str, key: tuple, cache_type: str):
+    "Book the files of `seq` as the most recently used saved prompt."
+    if seq in self.disk: self.disk_nbytes -= self.disk.pop(seq)["nbytes"]
+    nbytes = sum((self.cache_dir / f"{seq}{x}").stat().st_size for x in (".json", ".safetensors"))
+    self.disk[seq] = dict(key=key, cache_type=cache_type, nbytes=nbytes); self.disk_nbytes += nbytes
+
+# %% ../nbs/12_serve.ipynb #c3b1aa03
+@patch
+def drop_saved(self: PoolPromptCache, seq: str):  # a saved prompt
+    "Remove a saved prompt's files (its record first: a crash in between leaves a stray array file, which is logged, not loaded)."
+    d = self.disk.pop(seq); self.disk_nbytes -= d["nbytes"]
+    if seq in self.disk_index: self.disk_index.remove(seq)
+    for suffix in (".json", ".safetensors"): (self.cache_dir / f"{seq}{suffix}").unlink(missing_ok=True)
+
+@patch
+def prune_disk(self: PoolPromptCache):
+    "Drop the least recently used saved prompts until their files fit `cache_dir_bytes` (a prompt still in memory stays there, unsaved)."
+    while self.disk and self.disk_nbytes > self.cache_dir_bytes:
+        self.drop_saved(next(iter(self.disk))); self.counters["disk_dropped"] += 1
+
+@patch
+def load_saved(self: PoolPromptCache, seq: str, # a saved prompt not in memory
+               at_start: bool = False):             # loading the directory: evict nothing, keep the files' order
+    "Bring a saved prompt back into the pool as the most recently used, evicting the least recently used for room; False if it cannot be (a bad file is logged, skipped and left on disk)."
+    d = self.disk[seq]; key = d["key"]
+    if any(g.blocks_for(len(key), self.pool.block_tokens) > g.num_blocks for g in self.pool.groups): return False
+    while True:
+        try: self.store.load(self.cache_dir, seq, tokens=list(key)); break
+        except PoolExhausted:
+            if at_start or not self.entries: return False
+            self.evict_one()
+        except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("cache dir %s: skipping %s: %s (left on disk)", self.cache_dir, seq, err)
+            self.counters["skipped_files"] += 1
+            self.disk_index.remove(seq); self.disk_nbytes -= self.disk.pop(seq)["nbytes"]   # no longer ours to count or prune
+            return False
+    self.disk_index.remove(seq)
+    if not at_start: self.disk[seq] = self.disk.pop(seq)   # the most recently used file now
+    self.remember(key, seq, d["cache_type"])
+    return True
+
+@patch
+def from_disk(self: PoolPromptCache, toks: tuple, # a request's token ids
+              have: int,                           # tokens of it memory gives
+             ) -> tuple[int, str] | None:
+    "(tokens shared, seq) of the saved prompt sharing the longest prefix of `toks`, loaded into the pool, if it gives at least a block more than memory."
+    c, seq = self.disk_index.longest(toks, len(toks) - 1, partial=self.trimmable)
+    if seq is None or c < have + self.pool.block_tokens or not self.load_saved(seq): return None
+    return c, seq
 
 # %% ../nbs/12_serve.ipynb #431863cf
 @patch
 def load_dir(self: PoolPromptCache):
-    "Load the saved prompts of `cache_dir`, oldest first; anything corrupt, partial, of other weights or beyond the budget is logged and skipped (kept on disk)."
+    "Book the saved prompts of `cache_dir` and load the newest into the pool as the budget allows; anything corrupt, partial or of other weights is logged and skipped (kept on disk)."
     d = self.cache_dir
     metas = sorted(d.glob("e*.json"), key=lambda p: p.stat().st_mtime)
     known = {p.stem for p in metas}
     for p in sorted(d.iterdir()):
         if p.suffix not in (".json", ".safetensors") or p.name.startswith(".") or (p.suffix == ".safetensors" and p.stem not in known):
             log.warning("cache dir %s: skipping %s (not a complete saved prompt)", d, p.name); self.counters["skipped_files"] += 1
+    seen = set()
     for p in metas:
         try:
             meta = json.loads(p.read_text())
@@ -296,15 +471,14 @@ def load_dir(self: PoolPromptCache):
             if meta.get("model_id") != self.model_id:
                 raise SpecMismatch(f"{p}: saved for weights {meta.get('model_id')!r}, serving {self.model_id!r}")
             key = tuple(meta["tokens"])
-            if key in self.entries: raise CorruptCacheFile(f"{p}: the same prompt is already loaded")
-            self.store.load(d, p.stem, tokens=list(key))
-        except PoolExhausted:
-            log.warning("cache dir %s: %s does not fit the budget now: not loaded", d, p.stem)
-            self.counters["skipped_files"] += 1; continue
+            if key in seen: raise CorruptCacheFile(f"{p}: the same prompt is saved twice")
+            seen.add(key); self.saved(p.stem, key, meta.get("cache_type", "assistant")); self.disk_index.add(p.stem, key)
         except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("cache dir %s: skipping %s: %s", d, p.name, err); self.counters["skipped_files"] += 1; continue
-        self.entries[key] = dict(seq=p.stem, cache_type=meta.get("cache_type", "assistant"))
-        self.counters["loaded"] += 1
+            log.warning("cache dir %s: skipping %s: %s", d, p.name, err); self.counters["skipped_files"] += 1
+    for seq in reversed(list(self.disk)):          # newest first, while they fit: the oldest are evicted, not these
+        if seq in self.disk and self.load_saved(seq, at_start=True): self.counters["loaded"] += 1
+    self.entries = dict(reversed(self.entries.items()))   # least recently used first again
+    self.prune_disk()
 
 # %% ../nbs/12_serve.ipynb #fce11655
 def prompt_token_count(tokenizer, request) -> int | None:
@@ -315,6 +489,17 @@ def prompt_token_count(tokenizer, request) -> int | None:
             msgs = [dict(m, content=text(m.get("content"))) for m in request.messages]
             return len(tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=True))
         return len(tokenizer.encode(request.prompt))
+    except Exception: return None
+
+def prompt_token_bound(tokenizer, request) -> int | None:
+    "An upper bound on `prompt_token_count` without tokenizing (30× cheaper for a 2k-token chat): the rendered prompt's UTF-8 bytes plus 16, since every token of a byte-level BPE or SentencePiece vocabulary stands for at least one byte of its text (the 16: BOS, EOS, a SentencePiece dummy prefix)."
+    try:
+        if request.request_type == "chat":
+            text = lambda c: c if isinstance(c, str) else "".join(p.get("text", "") for p in c or [] if isinstance(p, dict))
+            msgs = [dict(m, content=text(m.get("content"))) for m in request.messages]
+            rendered = tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=False)
+        else: rendered = request.prompt
+        return len(rendered.encode("utf-8")) + 16 if isinstance(rendered, str) else None
     except Exception: return None
 
 def admission_refusal(fit: int | None,           # most tokens one sequence may hold (None: no limit)
@@ -344,7 +529,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--cache-bytes", type=parse_bytes, default=parse_bytes("1GiB"),
                         help="the whole prompt cache in exact bytes, never exceeded (e.g. 8GiB; default 1GiB)")
     parser.add_argument("--block-tokens", type=int, default=64, help="token slots per cache block (default 64)")
-    parser.add_argument("--cache-dir", default=None, help="persist cached prompts here: loaded at start, written as they are cached")
+    parser.add_argument("--cache-dir", default=None,
+                        help="persist cached prompts here: loaded at start, written as they are cached, kept when evicted from memory and loaded back when a request needs them")
+    parser.add_argument("--cache-dir-bytes", type=parse_bytes, default=None,
+                        help="most bytes of files kept in --cache-dir, least recently used dropped first (default: 4 × --cache-bytes)")
     parser.add_argument("--balance-tokens", type=int, default=2048,
                         help="prompt length the budget's split between block groups (full, sliding, state) is balanced for")
     return parser
@@ -370,7 +558,8 @@ def make_prompt_cache_for(args) -> PoolPromptCache:
     if getattr(args, "kv_bits", None): raise ServeError("--kv-bits: quantized caches are not stored by kvspec's pool yet")
     spec = ModelCacheSpec.from_pretrained(args.model)
     return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=args.cache_dir,
-                           model_id=model_identity(args.model), context_tokens=args.balance_tokens)
+                           model_id=model_identity(args.model), context_tokens=args.balance_tokens,
+                           cache_dir_bytes=getattr(args, "cache_dir_bytes", None))
 
 # %% ../nbs/12_serve.ipynb #1a97ede6
 def make_handler(tokenizer):  # the served model's tokenizer, to count prompt tokens for admission
@@ -384,7 +573,9 @@ def make_handler(tokenizer):  # the served model's tokenizer, to count prompt to
             else: super().do_GET()
         def handle_completion(self, request, stop_words):
             pc = self.response_generator.prompt_cache
-            why = admission_refusal(pc.fit_tokens, prompt_token_count(tokenizer, request), self.max_tokens)
+            bound = None if pc.fit_tokens is None else prompt_token_bound(tokenizer, request)
+            fits = pc.fit_tokens is None or (bound is not None and bound + self.max_tokens <= pc.fit_tokens)   # then no need to tokenize
+            why = None if fits else admission_refusal(pc.fit_tokens, prompt_token_count(tokenizer, request), self.max_tokens)
             if why is not None:
                 self._set_completion_headers(400); self.end_headers()
                 self.wfile.write(json.dumps({"error": why, "fit_tokens": pc.fit_tokens}).encode()); return

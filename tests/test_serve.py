@@ -114,7 +114,7 @@ def sample_stats(server, stop, samples):
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3_next"])
 def test_greedy_identical_to_stock_and_budget_holds(models, arch, tmp_path):
     "Same model, same requests, greedy: kvspec serve answers token for token as stock mlx_lm.server, and never holds more than its budget."
-    convs = conversations(4, 2)
+    convs = conversations(6, 2)      # enough that the small budget below must evict (answers that only superseded prompts held are dropped anyway)
     with Server(models[arch], "stock") as stock:
         want = run_conversations(stock.port, convs)
     budget = 384 << 10       # small: a few conversations fit, the rest are evicted for
@@ -221,3 +221,24 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(models):
         assert 400 <= code < 500, (code, out)
         assert chat(s.port, [{"role": "user", "content": "Still there?"}], 3)["usage"]["completion_tokens"] >= 1
         assert get(s.port, "/health") == (200, {"status": "ok"})
+
+
+def test_evicted_conversation_comes_back_from_disk(models, tmp_path):
+    "A budget so small that a conversation is evicted from memory: with --cache-dir its next turn is loaded from disk, not prefilled."
+    opts = ["--cache-bytes", "256KiB", "--block-tokens", "16"]
+    def play(port):
+        systems = [f"Conversation {i}. {SYSTEM}" for i in range(6)]   # no prefix shared between conversations
+        first = [{"role": "system", "content": s} for s in systems]
+        msgs = [first[0], {"role": "user", "content": "Hello!"}]
+        msgs.append({"role": "assistant", "content": chat(port, msgs)["choices"][0]["message"]["content"]})
+        for s in first[1:]: chat(port, [s, {"role": "user", "content": "Hello!"}])   # these push conversation 0 out of memory
+        msgs.append({"role": "user", "content": "And then?"})
+        return chat(port, msgs)
+    with Server(models["llama"], "kvspec", *opts) as s:
+        cold, cold_st = play(s.port), s.stats()
+    with Server(models["llama"], "kvspec", *opts, "--cache-dir", str(tmp_path / "cache")) as s:
+        warm, st = play(s.port), s.stats()
+    assert cold_st["evictions"] > 0 and st["evictions"] > 0 and st["disk_hits"] == 1, st
+    assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] > cold["usage"]["prompt_tokens_details"]["cached_tokens"] + 100
+    assert st["prefill_tokens"] < cold_st["prefill_tokens"] - 100 and st["disk_nbytes"] <= st["cache_dir_bytes"]
+    assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
