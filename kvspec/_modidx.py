@@ -396,6 +396,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/kvspec', 'doc_host': 'http
                               'kvspec.store.PoolStore.load': ('store.html#poolstore.load', 'kvspec/store.py'),
                               'kvspec.store.PoolStore.save': ('store.html#poolstore.save', 'kvspec/store.py'),
                               'kvspec.store.PoolStore.to_caches': ('store.html#poolstore.to_caches', 'kvspec/store.py'),
+                              'kvspec.store.PoolStore.unquantized': ('store.html#poolstore.unquantized', 'kvspec/store.py'),
                               'kvspec.store.PoolStore.write_back': ('store.html#poolstore.write_back', 'kvspec/store.py'),
                               'kvspec.store.SpecMismatch': ('store.html#specmismatch', 'kvspec/store.py'),
                               'kvspec.store._cache_from': ('store.html#_cache_from', 'kvspec/store.py'),

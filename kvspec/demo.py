@@ -69,6 +69,7 @@ def demo_config(arch: str = "llama",   # one of DEMO_CONFIGS
 def demo_model(path,                  # directory to write (created; must be new, empty, or a previous demo model)
                arch: str = "llama",   # llama (full attention), gemma3_text (sliding window), qwen3_next (recurrent hybrid)
                seed: int = 0,         # weights are drawn with mx.random under this seed: same seed, same files
+               overrides: dict | None = None, # config fields to change, e.g. {"head_dim": 64}: mlx quantizes K/V (--kv-bits) in groups of 32 or more
               ) -> Path:
     "Write a small random-weight model in mlx-lm's format (config, safetensors, tokenizer) that `mlx_lm.load` and its server take."
     from mlx_lm.utils import save_config, save_model
@@ -77,7 +78,9 @@ def demo_model(path,                  # directory to write (created; must be new
         raise DemoModelError(f"{path} exists and is not a kvspec demo model: give a new or empty directory")
     seed = check_int(seed, "seed", minimum=0, error=DemoModelError)
     tokenizer = demo_tokenizer()
-    cfg = demo_config(arch, vocab_size=len(tokenizer))
+    if overrides is not None and (not isinstance(overrides, dict) or "model_type" in overrides):
+        raise DemoModelError(f"overrides must be a dict of config fields other than model_type (choose that with arch), got {overrides!r:.60}")
+    cfg = dict(demo_config(arch, vocab_size=len(tokenizer)), **(overrides or {}))
     mod = importlib.import_module(f"mlx_lm.models.{cfg['model_type']}")
     mx.random.seed(seed)
     model = mod.Model(mod.ModelArgs.from_dict(cfg))
@@ -86,5 +89,5 @@ def demo_model(path,                  # directory to write (created; must be new
     save_model(path, model)
     save_config(dict(cfg), path / "config.json")
     tokenizer.save_pretrained(path)
-    (path / "kvspec_demo.json").write_text(json.dumps({"arch": arch, "seed": seed, "note": "random weights: the output is gibberish"}))
+    (path / "kvspec_demo.json").write_text(json.dumps({"arch": arch, "seed": seed, "overrides": overrides or {}, "note": "random weights: the output is gibberish"}))
     return path

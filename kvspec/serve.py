@@ -23,7 +23,7 @@ import mlx.core as mx
 from fastcore.basics import patch
 
 import kvspec.build  # attaches ModelCacheSpec.from_config / from_pretrained / from_model
-from .config import KVSpecError, check_int
+from .config import KVSpecError, UnsupportedCache, check_int
 from .plan import parse_bytes
 from .pool import BlockPool, PoolExhausted, chain_hashes
 from .spec import ModelCacheSpec
@@ -193,7 +193,8 @@ class PoolPromptCache:
         self.lock = threading.RLock()          # the generation thread changes it, /kvspec/stats reads it
         self._run, self._made = uuid.uuid4().hex[:8], 0   # new_seq: this run's prefix, prompts made so far
         self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, persisted=0, inserts=0, lookups=0, loaded=0,
-                             skipped_files=0, insert_refused=0, superseded=0, disk_hits=0, disk_hit_tokens=0, disk_dropped=0)
+                             skipped_files=0, insert_refused=0, superseded=0, disk_hits=0, disk_hit_tokens=0, disk_dropped=0,
+                             insert_unquantized=0)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.cache_dir_bytes = 4 * self.budget_nbytes if cache_dir_bytes is None else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError)
         self.disk: dict[str, dict] = {}        # seq → {"key", "cache_type", "nbytes"} of each saved prompt, least recently used first
@@ -288,6 +289,8 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
     with self.lock:
         n = cache_tokens(prompt_cache) if prompt_cache else None
         if not self.owns(model) or not n or n > len(tokens): return
+        if self.store.unquantized(prompt_cache):   # --kv-bits, before --quantized-kv-start: the pool holds these caches quantized only
+            self.counters["insert_unquantized"] += 1; return
         key = tuple(tokens[:n])
         if key in self.entries:
             self.entries[key] = self.entries.pop(key); return
@@ -553,10 +556,17 @@ def model_identity(path) -> str:
     return h.hexdigest()[:16]
 
 def make_prompt_cache_for(args) -> PoolPromptCache:
-    "The kvspec prompt cache for `kvspec serve` options `args` (the spec read from the model's config, no weights loaded)."
+    "The kvspec prompt cache for `kvspec serve` options `args` (the spec read from the model's config, no weights loaded, quantized as --kv-bits says)."
     if args.model is None: raise ServeError("kvspec serve needs --model: the pool is sized from that model's cache spec")
-    if getattr(args, "kv_bits", None): raise ServeError("--kv-bits: quantized caches are not stored by kvspec's pool yet")
-    spec = ModelCacheSpec.from_pretrained(args.model)
+    bits, group = getattr(args, "kv_bits", None), getattr(args, "kv_group_size", 64)
+    try: spec = ModelCacheSpec.from_pretrained(args.model, kv_bits=bits, kv_group_size=group)
+    except UnsupportedCache as e:
+        if bits is None: raise
+        raise ServeError(f"--kv-bits {bits} --kv-group-size {group}: {e}") from None
+    start = getattr(args, "quantized_kv_start", 0)
+    if bits is not None and start:
+        log.info("--kv-bits %d: prompts are cached once mlx-lm has quantized their caches, from %d tokens (--quantized-kv-start); "
+                 "shorter ones are not (--quantized-kv-start 0 caches every prompt)", bits, start)
     return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=args.cache_dir,
                            model_id=model_identity(args.model), context_tokens=args.balance_tokens,
                            cache_dir_bytes=getattr(args, "cache_dir_bytes", None))

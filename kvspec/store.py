@@ -154,6 +154,7 @@ _PART_NAMES = {2: ("keys", "values"), 6: ("packed keys", "key scales", "key bias
 def _cache_problem(c, grp, cache, n: int) -> str | None:
     "What is wrong with an mlx-lm cache standing for spec leaf `c` of group `grp` at offset n (None: nothing)."
     want = QuantizedKVCache if c.bits else _CACHE_CLASS[grp.kind]
+    if c.bits and type(cache) is KVCache and cache.offset == n == 0: return None   # make_prompt_cache's, before any token
     if type(cache) is not want:
         if c.bits and type(cache) is KVCache:
             return (f"a float KVCache, and this spec's cache is QuantizedKVCache ({c.bits} bits): mlx-lm's generation switches to it once the "
@@ -252,6 +253,12 @@ def write_back(self: PoolStore, seq_id, # a sequence in the pool
             mx.eval([a for arrs in self.arrays.values() for a in arrs if isinstance(a, mx.array)])
             pool.rollback(undo); raise
         pool.share(seq_id, n_old, data_from)             # the sequence is whole here: sharing is only an offer
+
+# %% ../nbs/06_store.ipynb #b7a50014
+@patch
+def unquantized(self: PoolStore, caches: list) -> bool:
+    "Whether mlx-lm's `caches` hold tokens still in float where this spec's caches are quantized (before generation's `quantized_kv_start` switch): `write_back` refuses them."
+    return any(c.bits and i < len(caches) and type(caches[i]) is KVCache and caches[i].offset for i, c in enumerate(self.leaves))
 
 # %% ../nbs/06_store.ipynb #70af3c38
 @patch

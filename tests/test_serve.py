@@ -81,7 +81,9 @@ def chat(port, messages, max_tokens=8, **kw):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
-    return {a: demo_model(d / a, a) for a in ("llama", "gemma3_text", "qwen3_next")}
+    out = {a: demo_model(d / a, a) for a in ("llama", "gemma3_text", "qwen3_next")}
+    out["llama_hd64"] = demo_model(d / "llama_hd64", "llama", overrides={"head_dim": 64})   # --kv-bits: mlx quantizes groups of 64
+    return out
 
 
 def conversations(n=4, turns=2):
@@ -134,6 +136,28 @@ def test_greedy_identical_to_stock_and_budget_holds(models, arch, tmp_path):
     assert all(s["storage_nbytes"] <= budget for s in samples)
     assert final["inserts"] > 0 and final["prefix_hit_tokens"] > 0, final
     if arch != "qwen3_next": assert final["evictions"] > 0, final     # the hybrid's prompts fit whole more often
+    assert sum(u["prompt_tokens_details"]["cached_tokens"] for _, u in got) == final["prefix_hit_tokens"]
+
+
+def test_kv_bits_identical_to_stock_and_budget_holds(models, tmp_path):
+    "--kv-bits 8: the pool holds the server's quantized caches; greedy answers token for token as stock mlx_lm.server --kv-bits 8."
+    convs, q = conversations(3, 3), ("--kv-bits", "8", "--quantized-kv-start", "0")   # 0: every prompt's caches are quantized
+    with Server(models["llama_hd64"], "stock", *q) as stock:
+        want = run_conversations(stock.port, convs)
+    budget = 1 << 20
+    with Server(models["llama_hd64"], "kvspec", *q, "--cache-bytes", str(budget), "--block-tokens", "16", log=tmp_path / "log.txt") as ours:
+        stop, samples = threading.Event(), []
+        th = threading.Thread(target=sample_stats, args=(ours, stop, samples)); th.start()
+        try: got = run_conversations(ours.port, convs, after=lambda: samples.append(ours.stats()))
+        finally: stop.set(); th.join(30)
+        final = ours.stats()
+    assert [a for a, _ in got] == [a for a, _ in want]
+    assert [u["completion_tokens"] for _, u in got] == [u["completion_tokens"] for _, u in want]
+    assert sum(u["completion_tokens"] for _, u in got) > 2 * len(got)
+    assert final["inserts"] > 0 and final["insert_unquantized"] == 0 and final["prefix_hit_tokens"] > 0, final
+    # blocks of quantized K/V: 16 tokens x 2 layers x 2 kv heads x (K, V) x (64 packed bytes + a float32 scale and bias), not 32 KiB of float
+    assert [g["block_bytes"] for g in final["groups"]] == [16 * 2 * 2 * 2 * (64 + 2 * 4)]
+    assert all(s["cache_nbytes"] <= s["budget_nbytes"] == budget for s in samples + [final])
     assert sum(u["prompt_tokens_details"]["cached_tokens"] for _, u in got) == final["prefix_hit_tokens"]
 
 
