@@ -181,7 +181,9 @@ class PoolPromptCache:
         self.store = PoolStore(self.pool)
         self.max_entries, self.model_id, self.model_key = max_entries, model_id, None
         self.fit_tokens = fit_tokens(self.pool)
-        self.sharing = not any(g.kind == "state" for g in self.pool.groups)
+        # a shorter cached prompt another one extends holds nothing of its own but a partial tail block, unless its
+        # recurrent state is what a later prompt starting with it needs (the pool keeps a state only at block boundaries)
+        self.prefixes_redundant = not any(g.kind == "state" for g in self.pool.groups)
         self.trimmable = all(g.kind == "full" for g in self.pool.groups)   # a cached prompt can be cut back to a shorter one
         self.entries: dict[tuple, dict] = {}   # token ids → {"seq", "cache_type", "blocks"}, least recently used first
         self.keys: dict[str, tuple] = {}       # seq → token ids
@@ -301,9 +303,7 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
         seq = self.new_seq()
         while True:
             try:
-                hit = self.store.admit(seq, list(key))   # shares the cached leading blocks
-                try: self.store.write_back(seq, list(prompt_cache), list(key[hit:])); break
-                except BaseException: self.pool.free(seq); raise
+                self.store.insert(seq, list(key), list(prompt_cache)); break   # reuses every cached leading block, recurrent hybrids' too
             except PoolExhausted:
                 if not self.entries:
                     self.counters["insert_refused"] += 1
@@ -321,7 +321,7 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
 @patch
 def drop_redundant(self: PoolPromptCache, key: tuple, seq: str, ds: list[bytes]):  # the prompt just cached, its seq and index digests
     "Drop what the new prompt makes useless: shorter cached or saved prompts it extends, and prompts it continued that differ only in their last block."
-    if self.sharing:    # a shorter prompt this one extends holds nothing but its partial tail block now
+    if self.prefixes_redundant:    # a shorter prompt this one extends holds nothing but its partial tail block now
         for s in self.index.prefixes_of(key, ds=ds): self.drop(self.keys[s])
         for s in self.disk_index.prefixes_of(key, proper=False, ds=ds): self.drop_saved(s)
     if not self.trimmable: return

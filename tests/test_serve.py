@@ -136,6 +136,7 @@ def test_greedy_identical_to_stock_and_budget_holds(models, arch, tmp_path):
     assert all(s["storage_nbytes"] <= budget for s in samples)
     assert final["inserts"] > 0 and final["prefix_hit_tokens"] > 0, final
     if arch != "qwen3_next": assert final["evictions"] > 0, final     # the hybrid's prompts fit whole more often
+    assert final["blocks_shared"] > 0, final   # the system prompt is stored once, the hybrid's attention blocks too (store.insert)
     assert sum(u["prompt_tokens_details"]["cached_tokens"] for _, u in got) == final["prefix_hit_tokens"]
 
 
