@@ -291,7 +291,7 @@ def serve_command(args) -> int:
 
 @subcommand
 def add_serve_parser(sub):
-    "Register `kvspec serve --model DIR [every mlx_lm.server option] [--cache-bytes 8GiB] [--block-tokens N] [--cache-dir DIR]`."
+    "Register `kvspec serve --model DIR [every mlx_lm.server option] [--cache-bytes 8GiB] [--block-tokens N] [--cache-dir DIR] [--cache-dir-bytes 32GiB]`."
     p = sub.add_parser("serve", help="mlx-lm's server with kvspec's block pool as its prompt cache")
     add_serve_arguments(p)
     p.set_defaults(run=serve_command)
