@@ -148,7 +148,9 @@ class WeightsSpec:
     on_disk_note: str = ""            # why on-disk and resident differ
 
     @property
-    def nbytes(self) -> int: return sum(t[3] for t in self.tensors)
+    def nbytes(self) -> int:
+        "Bytes mlx-lm holds for every parameter: the sum over `tensors`."
+        return sum(t[3] for t in self.tensors)
 
     @property
     def parts(self) -> dict[str, int]:
@@ -365,9 +367,13 @@ class Fit:
     notes: tuple[str, ...] = ()
 
     @property
-    def total_peak_nbytes(self) -> int: return self.weights_nbytes + self.kv_peak_nbytes + self.reserve_nbytes
+    def total_peak_nbytes(self) -> int:
+        "Bytes at the prefill peak: the weights, the caches at their largest and the forward-pass reserve."
+        return self.weights_nbytes + self.kv_peak_nbytes + self.reserve_nbytes
     @property
-    def fits(self) -> bool: return self.total_peak_nbytes <= self.memory_nbytes
+    def fits(self) -> bool:
+        "Whether `total_peak_nbytes` is at most `memory_nbytes`."
+        return self.total_peak_nbytes <= self.memory_nbytes
 
 # %% ../nbs/10_fit.ipynb #7b6c1280
 def peak_total_nbytes(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, context: int, batch: int = 1,

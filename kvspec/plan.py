@@ -172,9 +172,11 @@ class Plan:
 
     @property
     def naive_full_sequences(self) -> int | None:
+        "Sequences the budget holds with every cache as full attention: `batch` for each whole `naive_full_bytes` in it (None: no dims)."
         return None if self.naive_full_bytes is None else self.budget_bytes // self.naive_full_bytes * self.batch
     @property
     def seed_formula_sequences(self) -> int | None:
+        "Sequences the budget holds by the 2·layers·kv_heads·head_dim·bytes formula: `batch` for each whole `seed_formula_bytes` in it (None: no config)."
         return None if self.seed_formula_bytes is None else self.budget_bytes // self.seed_formula_bytes * self.batch
 
 # %% ../nbs/08_plan.ipynb #442f5ea4

@@ -73,8 +73,12 @@ class KVSlots:
     def key(self, n: int):
         "The state with the offset taken out: two equal keys replay alike from there on (None: not yet)."
         return (self.size - self.offset, self.offset % self.step_size) if self.size else None
-    def room(self, n: int) -> float: return math.inf  # tokens the offset may advance with the key still valid
-    def shift(self, tokens: int): self.size += tokens; self.offset += tokens
+    def room(self, n: int) -> float:
+        "Tokens the offset may advance with the key still valid: no limit (`math.inf`)."
+        return math.inf
+    def shift(self, tokens: int):
+        "Advance the state by `tokens` (a whole number of cycles of its key): size and offset both move by it."
+        self.size += tokens; self.offset += tokens
 
 def kv_slots(chunks: Sequence[int], step: int = KV_STEP) -> list[int]:
     "Slots held by a `KVCache` (or `QuantizedKVCache`) after each call."
@@ -147,17 +151,31 @@ class ChunkedSlots:
             size += (n + step - 1) // step * step
         self.size, self.offset, self.start = size, offset + n, start
         return size
-    def key(self, n: int): return (self.size, self.offset - self.start) if self.size else None
-    def room(self, n: int) -> float: return math.inf
-    def shift(self, tokens: int): self.offset += tokens; self.start += tokens
+    def key(self, n: int):
+        "The state with the offset taken out, `(size, offset - start)`: two equal keys replay alike from there on (None: not yet)."
+        return (self.size, self.offset - self.start) if self.size else None
+    def room(self, n: int) -> float:
+        "Tokens the offset may advance with the key still valid: no limit (`math.inf`)."
+        return math.inf
+    def shift(self, tokens: int):
+        "Advance the state by `tokens` (a whole number of cycles of its key): offset and front both move by it."
+        self.offset += tokens; self.start += tokens
 
 class ConcatSlots:
     "A `ConcatenateKVCache`: every token, no padding."
     def __init__(self): self.offset = 0
-    def step(self, n: int) -> int: self.offset += n; return self.offset
-    def key(self, n: int): return ()
-    def room(self, n: int) -> float: return math.inf
-    def shift(self, tokens: int): self.offset += tokens
+    def step(self, n: int) -> int:
+        "Slots held after a call on `n` tokens: every token so far."
+        self.offset += n; return self.offset
+    def key(self, n: int):
+        "The state with the offset taken out: always `()`, every call replays alike."
+        return ()
+    def room(self, n: int) -> float:
+        "Tokens the offset may advance with the key still valid: no limit (`math.inf`)."
+        return math.inf
+    def shift(self, tokens: int):
+        "Advance the offset by `tokens`."
+        self.offset += tokens
 
 def chunked_slots(chunks: Sequence[int], chunk_size: int, step: int = KV_STEP) -> list[int]:
     "Slots held by a `ChunkedKVCache` after each call (the model trims its front before every call)."

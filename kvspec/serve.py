@@ -110,14 +110,18 @@ class PrefixIndex:
 
     def __len__(self): return len(self.keys)
     def __contains__(self, ident): return ident in self.keys
-    def digests(self, toks) -> list[bytes]: return [b""] + chain_hashes(self.SEED, toks, self.block_tokens)
+    def digests(self, toks) -> list[bytes]:
+        'The digest of blocks [0, j) of `toks` for each j from 0 (`b""`) to its number of complete blocks.'
+        return [b""] + chain_hashes(self.SEED, toks, self.block_tokens)
 
-    def add(self, ident, key: tuple, ds: list[bytes] | None = None):   # ds: `digests(key)`, if the caller has them
+    def add(self, ident, key: tuple, ds: list[bytes] | None = None):
+        "Index cached prompt `ident`, of token ids `key` (`ds`: `digests(key)`, if the caller has them)."
         ds = ds or self.digests(key); self.keys[ident] = key
         for d in ds: self.through.setdefault(d, set()).add(ident)
         self.ends.setdefault(ds[-1], set()).add(ident)
 
     def remove(self, ident):
+        "Drop cached prompt `ident` from the index."
         ds = self.digests(self.keys.pop(ident))
         for table, d in [(self.through, d) for d in ds] + [(self.ends, ds[-1])]:
             table[d].discard(ident)

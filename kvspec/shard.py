@@ -34,8 +34,12 @@ class StandInGroup:
     "What mlx-lm's sharding asks of an `mx.distributed.Group` (its rank and size), without any process group."
     rank_: int
     size_: int
-    def rank(self) -> int: return self.rank_
-    def size(self) -> int: return self.size_
+    def rank(self) -> int:
+        "The rank it stands in for: `rank_`."
+        return self.rank_
+    def size(self) -> int:
+        "The group size it stands in for: `size_`."
+        return self.size_
 
 # %% ../nbs/11_shard.ipynb #66be217e
 COLLECTIVES = ("all_sum", "all_max", "all_min", "send", "recv_like")
@@ -115,9 +119,13 @@ class RankSpec:
     weights: WeightsSpec      # its parameters
 
     @property
-    def rank(self) -> int: return self.pp_rank * self.tp_size + self.tp_rank
+    def rank(self) -> int:
+        "This rank's index among all `pp_size × tp_size` ranks: `pp_rank * tp_size + tp_rank`."
+        return self.pp_rank * self.tp_size + self.tp_rank
     @property
-    def name(self) -> str: return f"pp{self.pp_rank}/tp{self.tp_rank}"
+    def name(self) -> str:
+        "This rank as text, e.g. `pp1/tp0` (pipeline rank 1, tensor rank 0)."
+        return f"pp{self.pp_rank}/tp{self.tp_rank}"
 
 # %% ../nbs/11_shard.ipynb #be927724
 def _replays_under_stand_ins(replay, size: int):

@@ -179,13 +179,20 @@ class ModelCacheSpec:
         return [l for c in self.caches for l in (c.children or (c,))]
 
     @property
-    def num_kv_heads(self) -> int | tuple[int, ...] | None: return _one_or_all(c.n_kv_heads for c in self.leaves())
+    def num_kv_heads(self) -> int | tuple[int, ...] | None:
+        "KV heads of the caches (`leaves()`): one int if they agree, else their distinct values sorted (None: none known)."
+        return _one_or_all(c.n_kv_heads for c in self.leaves())
     @property
-    def head_dim(self) -> int | tuple[int, ...] | None: return _one_or_all(c.k_head_dim for c in self.leaves())
+    def head_dim(self) -> int | tuple[int, ...] | None:
+        "Key head dim of the caches (`leaves()`): one int if they agree, else their distinct values sorted (None: none known)."
+        return _one_or_all(c.k_head_dim for c in self.leaves())
     @property
-    def v_head_dim(self) -> int | tuple[int, ...] | None: return _one_or_all(c.v_head_dim for c in self.leaves())
+    def v_head_dim(self) -> int | tuple[int, ...] | None:
+        "Value head dim of the caches (`leaves()`): one int if they agree, else their distinct values sorted (None: none known)."
+        return _one_or_all(c.v_head_dim for c in self.leaves())
     @property
     def sliding_window(self) -> int | tuple[int, ...] | None:
+        "Window of the sliding caches (`leaves()`): one int if they agree, else their distinct values sorted (None: no sliding cache)."
         return _one_or_all(c.window for c in self.leaves() if c.kind == "sliding")
     @property
     def pattern(self) -> str:

@@ -4,7 +4,7 @@ Opens every page in headless Chromium (Debian's `chromium` + `chromium-driver`, 
 local http.server, and checks: HTTP 200, a title, the sidebar, that links within the site resolve (to a page, and for a
 `#fragment` to an element id that exists there), that no two elements share an id, that nothing is clipped on the right at 1280 px (an element wider than
 its box with overflow hidden), no console errors, no Python traceback in the page, every figure loaded and visible, and that every public function, class and
-@patch method of every kvspec module is on its module's page with its docstring (`api_gaps`). Screenshots of the index and the Gemma 3
+method (in a class body or by @patch) of every kvspec module is on its module's page with its docstring (`api_gaps`). Screenshots of the index and the Gemma 3
 model page are saved to `<site>/screenshots/`.
 
     KVSPEC_SITE_DIR=_site pytest tests/test_site.py   # test an already built site (what CI does)
@@ -225,19 +225,24 @@ def test_hidden_cells_are_hidden(site):
 
 
 def public_api(py):
-    """Every public function and class defined at the top of kvspec module `py`, and every public `@patch` method
-    (as `Class.method`), with its docstring's first line ('' if it has none): what the API docs must show"""
+    """Every public function and class defined at the top of kvspec module `py`, and every public method or property of
+    a public class, in its body or by `@patch` (as `Class.method`), with its docstring's first line ('' if it has none):
+    what the API docs must show"""
     import ast
     tree, out = ast.parse(Path(py).read_text(encoding='utf-8')), {}
     def public(name): return not name.startswith('_') or name == '__call__'
+    def doc(node): return (ast.get_docstring(node) or '').strip().split('\n')[0]
     for node in tree.body:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): continue
-        doc = (ast.get_docstring(node) or '').strip().split('\n')[0]
         patched = [d for d in node.decorator_list if 'patch' in ast.unparse(d)]
         if patched and node.args.args and node.args.args[0].annotation is not None:
             cls = ast.unparse(node.args.args[0].annotation).strip('"\'')
-            if public(node.name) and not cls.startswith('_'): out[f'{cls}.{node.name}'] = doc
-        elif not patched and public(node.name): out[node.name] = doc
+            if public(node.name) and not cls.startswith('_'): out[f'{cls}.{node.name}'] = doc(node)
+        elif not patched and public(node.name):
+            out[node.name] = doc(node)
+            if isinstance(node, ast.ClassDef):
+                out.update({f'{node.name}.{m.name}': doc(m) for m in node.body
+                            if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) and public(m.name)})
     return out
 
 
@@ -272,7 +277,7 @@ def api_gaps(site):
 
 
 def test_every_public_name_documented(site):
-    "Every public function, class and @patch method of every kvspec module is on its page, with its docstring"
+    "Every public function, class and method (class body or @patch) of every kvspec module is on its page, with its docstring"
     gaps = api_gaps(site)
     assert not gaps, 'undocumented:\n' + '\n'.join(f'{m}: ' + '\n  '.join(g) for m, g in gaps.items())
 
@@ -284,6 +289,7 @@ def test_api_check_catches_a_gap(site, tmp_path):
     test = documented(page)
     assert list(test) == ['CacheSpec.nbytes'] and 'Bytes this cache holds after the model is called on chunks.' in test['CacheSpec.nbytes']
     py = tmp_path / 'm.py'
-    py.write_text('from fastcore.basics import patch\nclass A:\n    "An A."\n    def inner(self): pass\n@patch\ndef f(self: A):\n    "F it."\n'
+    py.write_text('from fastcore.basics import patch\nclass A:\n    "An A."\n    def inner(self): pass\n    @property\n    def p(self):\n'
+                  '        "The p."\n    def _hidden(self): pass\nclass _Seq:\n    def copy(self): pass\n@patch\ndef f(self: A):\n    "F it."\n'
                   '@patch(as_prop=True)\ndef _g(self: A): pass\ndef h(): pass\ndef _i(): pass\n')
-    assert public_api(py) == {'A': 'An A.', 'A.f': 'F it.', 'h': ''}
+    assert public_api(py) == {'A': 'An A.', 'A.inner': '', 'A.p': 'The p.', 'A.f': 'F it.', 'h': ''}
