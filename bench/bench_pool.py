@@ -36,7 +36,7 @@ def alloc_free(spec, blocks_per_seq, n_seqs, block_tokens=256):
     def run():
         for i in range(n_seqs): pool.admit(i, tokens)
         for i in range(n_seqs): pool.free(i)
-    blocks = n_seqs * sum(g.blocks_for(tokens, block_tokens) for g in pool.groups)
+    blocks = n_seqs * sum(g.rule.blocks_for(tokens, block_tokens) for g in pool.groups)
     return median_time(run) / blocks
 
 def alloc_extend(spec, n_blocks, block_tokens=256):
@@ -91,11 +91,11 @@ def capacity(spec, context, budget, block_tokens=256):
     one_block = sum(g.block_bytes for g in pool.groups)
     return dict(context=context, budget_bytes=budget, block_tokens=block_tokens,
                 groups=[dict(group=g.name, blocks=g.num_blocks, block_bytes=g.block_bytes,
-                             blocks_per_seq=g.blocks_for(context, block_tokens), share=g.num_blocks * g.block_bytes / budget)
+                             blocks_per_seq=g.rule.blocks_for(context, block_tokens), share=g.num_blocks * g.block_bytes / budget)
                         for g in pool.groups],
                 pool_seqs=n_pool, all_full_seqs=n_full, ideal_seqs=budget // exact, ideal_bytes_per_seq=exact,
                 target_seqs=budget // (exact + one_block),
-                pool_bytes_per_seq=sum(g.block_bytes * g.blocks_for(context, block_tokens) for g in pool.groups),
+                pool_bytes_per_seq=sum(g.block_bytes * g.rule.blocks_for(context, block_tokens) for g in pool.groups),
                 utilisation={x["group"]: x["utilisation"] for x in st})
 
 def waste_per_seq(spec, lengths, block_tokens=256):

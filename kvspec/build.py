@@ -20,7 +20,7 @@ from .probe import LazyReplay, cache_spec, model_layers, probe_caches, quantize_
 from .spec import ModelCacheSpec, check_chunks
 
 # %% auto #0
-__all__ = ['measured_nbytes']
+__all__ = ['from_config', 'from_pretrained', 'from_model', 'measured_nbytes']
 
 # %% ../nbs/04_build.ipynb #9db63f46
 def _spec_from_built(model, cfg: dict, *, origin: str, max_kv_size=None, kv_bits=None, kv_group_size=64, dtype=None):
@@ -119,3 +119,7 @@ def measured_nbytes(model, chunks: Sequence[int], batch: int = 1, cache=None, se
         if evaluate: mx.eval(logits, [c.state for c in cache])
         out.append(sum(c.nbytes for c in cache))
     return out
+
+# %% ../nbs/04_build.ipynb #tmpshim1
+# TEMPORARY (serving branch, replaced by the layering branch): plain functions
+from_config, from_pretrained, from_model = ModelCacheSpec.from_config, ModelCacheSpec.from_pretrained, ModelCacheSpec.from_model
