@@ -10,7 +10,7 @@ from .config import (KVSpecError, ConfigError, ConfigNotFound, UnknownModelType,
 # are imported on first use only, so `import kvspec` stays as light as the spec itself.
 _LAZY_ERRORS = {"InvalidBudget": "plan", "PoolError": "pool", "PoolExhausted": "pool",
                 "CorruptCacheFile": "store", "SpecMismatch": "store", "CacheWriteError": "store", "WeightsError": "fit",
-                "ServeError": "serve", "DemoModelError": "demo", "ShardError": "shard"}
+                "ServeError": "promptcache", "DemoModelError": "demo", "ShardError": "shard"}
 
 def __getattr__(name):
     if name in _LAZY_ERRORS:

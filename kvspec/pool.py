@@ -24,7 +24,8 @@ from .spec import ModelCacheSpec
 
 # %% auto #0
 __all__ = ['MAX_BLOCKS', 'PoolError', 'PoolExhausted', 'spec_fingerprint', 'fingerprint_digest', 'BlockGroup', 'plan_groups',
-           'parse_tokens', 'chain_hashes', 'GroupBooks', 'SeqBooks', 'Lookups', 'BlockPool', 'GroupStep', 'ExtendLog']
+           'TokenIds', 'parse_tokens', 'token_ids', 'chain_hashes', 'GroupBooks', 'SeqBooks', 'Lookups', 'BlockPool',
+           'GroupStep', 'ExtendLog']
 
 # %% ../nbs/05_pool.ipynb #97efeab6
 class PoolError(KVSpecError, ValueError):
@@ -111,10 +112,15 @@ def _count(name: str, v) -> int:
     if type(v) is int and v >= 0: return v
     return check_int(v, name, minimum=0, error=PoolError)
 
+class TokenIds(tuple):
+    "Token ids known to be integers in int64 range — checked once (`token_ids`), or a tokenizer's own — so no call checks them again."
+    __slots__ = ()
+
 def parse_tokens(tokens, # a count, or an iterable of token ids (read once)
                 ) -> tuple[list[int] | None, int]:
     "(ids, count) of a tokens argument: a count, or token ids — integers in int64 range, never bools, floats or strings."
     if type(tokens) is int and tokens >= 0: return None, tokens    # the common case first (bool is not `int` here)
+    if type(tokens) is TokenIds: return list(tokens), len(tokens)  # checked already: a 2k-token check costs 60-130 µs
     if isinstance(tokens, int) and not isinstance(tokens, bool): return None, _count("token count", tokens)
     if isinstance(tokens, (bool, str, bytes)) or not hasattr(tokens, "__iter__"):
         raise PoolError(f"tokens must be a count or a list of token ids, got {type(tokens).__name__} {tokens!r:.40}")
@@ -125,6 +131,14 @@ def parse_tokens(tokens, # a count, or an iterable of token ids (read once)
     except (TypeError, OverflowError):
         bad = next(t for t in toks if isinstance(t, bool) or not _is_id(t))
         raise PoolError(f"token ids must be integers in int64 range, got {bad!r} ({type(bad).__name__})") from None
+
+def token_ids(tokens, # an iterable of token ids
+             ) -> TokenIds:
+    "Check token ids once; the `TokenIds` returned go through every pool and store call unchecked."
+    if type(tokens) is TokenIds: return tokens
+    toks, _ = parse_tokens(tokens)
+    if toks is None: raise PoolError(f"token ids are needed here, not a count ({tokens!r})")
+    return TokenIds(toks)
 
 def _is_id(t) -> bool:
     try: array("q", [t]); return True
@@ -142,9 +156,10 @@ def chain_hashes(seed: bytes, # the chain's start: the spec fingerprint's digest
                  prev: bytes | None = None, # the digest of the block before `tokens[0]`, to continue a chain
                 ) -> list[bytes]:
     "Chained digests of the complete blocks of `tokens`: each names its block and everything before it."
-    out, h = [], prev or seed
-    for i in range(0, len(tokens) - block_tokens + 1, block_tokens):
-        h = hashlib.blake2b(h + array("q", tokens[i:i + block_tokens]).tobytes(), digest_size=16).digest()
+    out, h, step = [], prev or seed, 8 * block_tokens
+    raw = array("q", tokens[:len(tokens) - len(tokens) % block_tokens]).tobytes()   # the complete blocks' ids as int64, once
+    for i in range(0, len(raw), step):
+        h = hashlib.blake2b(h + raw[i:i + step], digest_size=16).digest()
         out.append(h)
     return out
 
@@ -256,9 +271,11 @@ def _seq(self: BlockPool, seq_id) -> SeqBooks:
 
 @patch
 def hashes(self: BlockPool, tokens: Sequence[int], # token ids
+           known: Sequence[bytes] = (), # digests of `tokens`' first blocks, already computed (the chain goes on from them)
           ) -> list[bytes]:
     "This pool's chained digests of the complete blocks of `tokens`: compute them once per prompt, and pass them (or a prefix of them) as `hashes=`."
-    return chain_hashes(self._seed, tokens, self.block_tokens)
+    k = len(known)
+    return [*known, *chain_hashes(self._seed, tokens[k * self.block_tokens:], self.block_tokens, known[-1] if k else None)]
 
 @patch
 def _check(self: BlockPool, need: Sequence[tuple[int, int]]):
@@ -618,6 +635,27 @@ def prefix_tokens(self: BlockPool, tokens,
     if hashes is None or len(hashes) < n // self.block_tokens: hashes = self.hashes(toks)
     with self._lock:
         return self._match(hashes[:n // self.block_tokens], restore_state) * self.block_tokens
+
+# %% ../nbs/05_pool.ipynb #a8b00008
+@patch
+def lookup(self: BlockPool, tokens, # token ids
+           restore_state: bool = True, # as for `prefix_tokens`
+           hashes: list[bytes] | None = None, # `self.hashes(tokens)`, if the caller has them
+          ) -> tuple[int, list[tuple[int, list[int]]]]:
+    "The longest cached prefix of `tokens` as a table — (its tokens, per group (first logical block, block ids)) — admitting nothing; read it under `transaction()`."
+    toks, n = parse_tokens(tokens)
+    if toks is None: raise PoolError("prefix lookup needs token ids, not a count")
+    B = self.block_tokens
+    if hashes is None or len(hashes) < n // B: hashes = self.hashes(toks)
+    with self._lock:
+        k = self._match(hashes[:n // B], restore_state)
+        if not k: return 0, [(0, []) for _ in self._books]
+        tables = []
+        for bk in self._books:
+            if bk.rule.copied: tables.append((0, [bk.cached[hashes[k - 1]]] if restore_state else [])); continue   # the snapshot at the prefix's end
+            lo, hi = bk.rule.block_range(k * B, B)
+            tables.append((lo, [bk.cached[hashes[j]] for j in range(lo, hi)]))
+        return k * B, tables
 
 # %% ../nbs/05_pool.ipynb #521184f9
 @patch

@@ -10,7 +10,9 @@ import json
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import mlx.core as mx
 from fastcore.basics import patch
@@ -19,10 +21,11 @@ from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from .config import KVSpecError, UnsupportedCache
 from .kinds import CacheRule, Segment, batch_size, merge_caches, split_caches
-from .pool import BlockPool, PoolError, parse_tokens
+from .pool import BlockPool, PoolError, TokenIds, parse_tokens, token_ids
 
 # %% auto #0
-__all__ = ['CorruptCacheFile', 'SpecMismatch', 'CacheWriteError', 'PoolStore', 'cache_path', 'read_cache_file']
+__all__ = ['CorruptCacheFile', 'SpecMismatch', 'CacheWriteError', 'PoolStore', 'cache_path', 'Snapshot', 'write_snapshot',
+           'read_cache_file']
 
 # %% ../nbs/06_store.ipynb #6b08c5b8
 class CorruptCacheFile(KVSpecError):
@@ -33,6 +36,11 @@ class SpecMismatch(KVSpecError):
 
 class CacheWriteError(KVSpecError, OSError):
     "A cache file that could not be written (the directory cannot be made, the disk is full, ...); any previous file is kept."
+
+def _write_error(message: str, cause: BaseException) -> CacheWriteError:
+    "A `CacheWriteError` saying `message`, with the errno of the OS error behind it (ENOSPC, EROFS, ...)."
+    err = CacheWriteError(message); err.errno = getattr(cause, "errno", None)
+    return err
 
 # %% ../nbs/06_store.ipynb #5fca5a9f
 _CACHE_LIST_MODELS = "deepseek_v32 (and glm_moe_dsa), longcat_flash, minimax_m3_vl, falcon_h1 and baichuan_m1"   # mlx-lm 0.32's makers of CacheList
@@ -68,11 +76,18 @@ class PoolStore:
 
 # %% ../nbs/06_store.ipynb #f8c76f13
 @patch
+def gather_table(self: PoolStore, n: int, # tokens the table stands for
+                 tables: list[tuple[int, list[int]]], # per group (first logical block, block ids), as `BlockPool.table` gives them
+                ) -> dict[int, list[mx.array]]:
+    "Per cache, its live K and V as (1, heads, tokens, dim), or its state arrays with batch 1, from these blocks."
+    B = self.pool.block_tokens
+    return {i: self.rules[i].gather(self.arrays[i], tables[g][1], tables[g][0], n, B) for i, g in self.group_of.items()}
+
+@patch
 def gather(self: PoolStore, seq_id) -> tuple[int, dict[int, list[mx.array]]]:
     "Token count and, per cache, its live K and V as (1, heads, tokens, dim), or its state arrays with batch 1."
     n, tables = self.pool.table(seq_id)
-    B = self.pool.block_tokens
-    return n, {i: self.rules[i].gather(self.arrays[i], tables[g][1], tables[g][0], n, B) for i, g in self.group_of.items()}
+    return n, self.gather_table(n, tables)
 
 # %% ../nbs/06_store.ipynb #6b411f89
 @patch
@@ -93,6 +108,19 @@ def to_caches(self: PoolStore, n: int, # the sequence's token count
 def caches(self: PoolStore, seq_id) -> list:
     "The cache list mlx-lm's generation takes, filled from a sequence's blocks."
     return self.to_caches(*self.gather(seq_id))
+
+# %% ../nbs/06_store.ipynb #52a44787
+@patch
+def prefix_caches(self: PoolStore, tokens, # token ids
+                  hashes: list[bytes] | None = None, # `pool.hashes(tokens)`, if the caller has them
+                 ) -> tuple[int, list | None]:
+    "(n, mlx-lm caches holding the longest cached prefix of `tokens`, n tokens), evaluated; (0, None) if nothing is cached. Admits nothing."
+    with self.pool.transaction():
+        n, tables = self.pool.lookup(tokens, hashes=hashes)
+        if not n: return 0, None
+        caches = self.to_caches(n, self.gather_table(n, tables))
+        mx.eval([c.state for c in caches])
+        return n, caches
 
 # %% ../nbs/06_store.ipynb #e59f3d58
 @patch
@@ -117,7 +145,7 @@ def write_back(self: PoolStore, seq_id, # a sequence in the pool
     with pool.transaction():
         n_old, old_tables = pool.table(seq_id)
         ids, k = parse_tokens(tokens)                    # read once: `tokens` may be an iterator
-        tokens, n = (k if ids is None else ids), n_old + k
+        tokens, n = (k if ids is None else TokenIds(ids)), n_old + k
         self._check_caches(seq_id, caches, n)
         writes, data_from = self._segments(caches, n_old, n)
         saved = []                                       # (cache, array, block ids, what they held before)
@@ -184,12 +212,12 @@ def insert(self: PoolStore, seq_id, # any hashable id, new to the pool
            hashes: list[bytes] | None = None, # `pool.hashes(tokens)`, if the caller has them
           ) -> int:
     "Keep `caches` as a new sequence, reusing every cached block of their prefix (their own state written whole); returns the tokens reused."
-    toks, n = parse_tokens(tokens)
-    if toks is None: raise PoolError("insert needs the token ids the caches hold, not a count")
-    if hashes is None or len(hashes) < n // self.pool.block_tokens: hashes = self.pool.hashes(toks)
+    if isinstance(tokens, int) and not isinstance(tokens, bool): raise PoolError("insert needs the token ids the caches hold, not a count")
+    toks = token_ids(tokens)
+    if hashes is None or len(hashes) < len(toks) // self.pool.block_tokens: hashes = self.pool.hashes(toks)
     with self.pool.transaction():
         hit = self.pool.admit(seq_id, toks, cached_only=True, restore_state=False, hashes=hashes)   # raises PoolExhausted with nothing changed
-        try: self.write_back(seq_id, caches, toks[hit:], hashes=hashes)
+        try: self.write_back(seq_id, caches, TokenIds(toks[hit:]), hashes=hashes)
         except BaseException: self.pool.free(seq_id); raise
     return hit
 
@@ -207,15 +235,22 @@ def cache_path(directory: str | Path, seq_id) -> Path:
     return path
 
 # %% ../nbs/06_store.ipynb #3a7a7638
-_FORMAT = "kvspec.cache/3"
-_SIGNED = ("format", "fingerprint", "num_tokens")   # metadata the checksum covers, with every array
+_FORMAT = "kvspec.cache/4"
+_SIGNED = ("format", "fingerprint", "num_tokens")   # metadata every checksum covers, with every array (and the caller's fields it names)
 _MINE = "0."                                        # where mlx-lm's layout keeps the caller's metadata
+_EXTRA_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
-def _digest(arrays: dict[str, mx.array], meta: dict[str, str]) -> str:
-    h = hashlib.sha256(json.dumps([meta[k] for k in _SIGNED]).encode())
-    for k in sorted(arrays):
-        a = arrays[k]
-        h.update(f"{k}:{a.dtype}:{a.shape};".encode()); h.update(bytes(memoryview(a.reshape(-1).view(mx.uint8))))
+def _entries(arrays: dict[str, mx.array]) -> list[tuple[str, str, tuple, mx.array]]:
+    "(name, dtype, shape, its bytes as an evaluated uint8 array) of each array, by name: what the checksum reads and the file holds."
+    out = [(k, str(a.dtype), tuple(a.shape), a.reshape(-1).view(mx.uint8)) for k, a in sorted(arrays.items())]
+    mx.eval([e[3] for e in out])
+    return out
+
+def _digest(entries: list, meta: dict[str, str], signed: Sequence[str]) -> str:
+    "SHA-256 of the signed metadata fields, then of every array's name, dtype, shape and bytes (read through the buffer protocol: no MLX call)."
+    h = hashlib.sha256(json.dumps([[k, meta[k]] for k in signed]).encode())
+    for k, dt, shape, raw in entries:
+        h.update(f"{k}:{dt}:{shape};".encode()); h.update(memoryview(raw))
     return h.hexdigest()
 
 def _layout(caches: list) -> tuple[dict[str, mx.array], list[str], list]:
@@ -232,34 +267,71 @@ def _flat_meta(mine: dict[str, str], classes: list[str], scalars: list) -> dict[
     "The safetensors metadata `load_prompt_cache` reads: our fields, the cache classes, the scalar notes."
     return dict(tree_flatten([mine, classes, scalars]))
 
-def _write_file(path: Path, arrays: dict, metadata: dict) -> None:
-    mx.save_safetensors(str(path), arrays, metadata=metadata)
-    with open(path, "rb+") as f: os.fsync(f.fileno())
+# %% ../nbs/06_store.ipynb #3a7a7641
+_ST_DTYPES = {"mlx.core.float32": "F32", "mlx.core.float16": "F16", "mlx.core.bfloat16": "BF16", "mlx.core.float64": "F64",
+              "mlx.core.uint8": "U8", "mlx.core.uint16": "U16", "mlx.core.uint32": "U32", "mlx.core.uint64": "U64",
+              "mlx.core.int8": "I8", "mlx.core.int16": "I16", "mlx.core.int32": "I32", "mlx.core.int64": "I64", "mlx.core.bool": "BOOL"}
+
+def _write_safetensors(path: Path, entries: list, metadata: dict[str, str]) -> None:
+    "Write `entries` ((name, dtype, shape, bytes)) and string `metadata` to `path` as a safetensors file, fsynced."
+    header, offset = {"__metadata__": metadata}, 0
+    for k, dt, shape, raw in entries:
+        header[k] = {"dtype": _ST_DTYPES[dt], "shape": list(shape), "data_offsets": [offset, offset + raw.size]}; offset += raw.size
+    h = json.dumps(header, separators=(",", ":")).encode(); h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little")); f.write(h)
+        for *_, raw in entries: f.write(memoryview(raw))
+        f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/06_store.ipynb #9f7717a9
+@dataclass(frozen=True)
+class Snapshot:
+    "A sequence's cache as `save` writes it, evaluated: the file's arrays as bytes, and mlx-lm's layout notes."
+    num_tokens: int
+    entries: list                   # (name, dtype, shape, bytes as an evaluated uint8 array), by name
+    layout: dict[str, str]          # mlx-lm's cache classes and scalar notes, as flattened metadata
+
+@patch
+def snapshot(self: PoolStore, seq_id) -> Snapshot:
+    "A sequence's cache as a file holds it, evaluated on this thread (the one that owns the pool): `write_snapshot` writes it from any thread."
+    with self.pool.transaction():
+        n, held = self.gather(seq_id)
+        arrays, classes, scalars = _layout(self.to_caches(n, held))
+        return Snapshot(n, _entries(arrays), _flat_meta({}, classes, scalars))
+
+def write_snapshot(path: Path, # the file to (re)place
+                   snap: Snapshot, fingerprint: dict, # what to write, and the spec fingerprint of the pool it came from
+                   extra: dict[str, str] | None = None, # more fields the checksum signs (lowercase names)
+                  ) -> Path:
+    "Write a snapshot to `path` atomically (a temp file fsynced, then renamed), its fields and arrays signed by a SHA-256; no MLX call."
+    extra = dict(extra or {})
+    for k, v in extra.items():
+        if not _EXTRA_KEY.match(k) or k in (*_SIGNED, "sha256", "signed") or not isinstance(v, str):
+            raise PoolError(f"extra field {k!r}: {v!r:.40} must be a lowercase name (not kvspec's own) with a string value")
+    mine = {"format": _FORMAT, "fingerprint": json.dumps(fingerprint, sort_keys=True), "num_tokens": str(snap.num_tokens), **extra}
+    mine["signed"] = ",".join(signed := [*_SIGNED, *sorted(extra)])
+    mine["sha256"] = _digest(snap.entries, mine, signed)
+    path = Path(path)
+    try: path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise _write_error(f"{path.parent}: cannot create the cache directory ({e})", e) from None
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.safetensors")
+    try:
+        _write_safetensors(tmp, snap.entries, {**snap.layout, **{_MINE + k: v for k, v in mine.items()}})
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise _write_error(f"{path}: could not write the cache file ({e}); any previous file is unchanged", e) from None
+    finally:
+        try: tmp.unlink()
+        except OSError: pass
+    return path
+
 @patch
 def save(self: PoolStore, seq_id, # a sequence in the pool, whose id is a plain file name
          directory: str | Path, # where to write; created if missing
+         extra: dict[str, str] | None = None, # more fields the checksum signs
         ) -> Path:
     "Write a sequence's live cache to `directory/<seq_id>.safetensors`, atomically, readable by mlx-lm's `load_prompt_cache`."
-    path = cache_path(directory, seq_id)
-    with self.pool.transaction():
-        n, held = self.gather(seq_id)
-    arrays, classes, scalars = _layout(self.to_caches(n, held))
-    mx.eval(arrays)
-    mine = {"format": _FORMAT, "fingerprint": json.dumps(self.pool.fingerprint, sort_keys=True), "num_tokens": str(n)}
-    mine["sha256"] = _digest(arrays, mine)
-    try: path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise CacheWriteError(f"{path.parent}: cannot create the cache directory ({e})") from None
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.safetensors")
-    try:
-        _write_file(tmp, arrays, _flat_meta(mine, classes, scalars))
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        raise CacheWriteError(f"{path}: could not write the cache file ({e}); any previous file is unchanged") from None
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    return write_snapshot(cache_path(directory, seq_id), self.snapshot(seq_id), self.pool.fingerprint, extra)
 
 # %% ../nbs/06_store.ipynb #f1e81751
 def _fp_diff(a: dict, b: dict) -> str:
@@ -272,15 +344,18 @@ def _fp_diff(a: dict, b: dict) -> str:
     return "fingerprints differ"
 
 def read_cache_file(path: str | Path) -> tuple[dict[str, mx.array], dict]:
-    "Arrays and kvspec metadata (format, fingerprint, num_tokens, sha256) of a saved cache, checked whole: else `CorruptCacheFile`."
+    "Arrays and kvspec metadata (format, fingerprint, num_tokens, the signed extra fields, sha256) of a saved cache, checked whole: else `CorruptCacheFile`."
     path = Path(path)
     if not path.is_file(): raise CorruptCacheFile(f"{path}: no such file")
     try: arrays, flat = mx.load(str(path), format="safetensors", return_metadata=True)
     except Exception as e: raise CorruptCacheFile(f"{path}: not a readable safetensors file ({e})") from None
     meta = {k[len(_MINE):]: v for k, v in flat.items() if k.startswith(_MINE)}
-    if meta.get("format") != _FORMAT or any(k not in meta for k in (*_SIGNED, "sha256")):
+    if meta.get("format") != _FORMAT or any(k not in meta for k in (*_SIGNED, "sha256", "signed")):
         raise CorruptCacheFile(f"{path}: not a kvspec cache file of format {_FORMAT} (format {meta.get('format')!r}, metadata {sorted(meta)})")
-    if _digest(arrays, meta) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
+    signed = meta["signed"].split(",")
+    if tuple(signed[:len(_SIGNED)]) != _SIGNED or any(k not in meta for k in signed):
+        raise CorruptCacheFile(f"{path}: its signed fields {meta['signed']!r} are not kvspec's")
+    if _digest(_entries(arrays), meta, signed) != meta["sha256"]: raise CorruptCacheFile(f"{path}: checksum mismatch; the file was altered or damaged")
     try: fp = json.loads(meta["fingerprint"])
     except ValueError: fp = None
     if not isinstance(fp, dict) or not isinstance(fp.get("caches"), list) or not all(isinstance(c, dict) for c in fp["caches"]):
@@ -314,6 +389,7 @@ def _check_layout(self: PoolStore, path: Path, arrays: dict, layout: dict, n: in
 def load(self: PoolStore, directory: str | Path, # where `save` wrote
          seq_id, # the saved sequence's id, and the id it gets in this pool
          tokens=None, # its token ids, to register its blocks for prefix sharing (None: by count, unshared)
+         expect: dict[str, str] | None = None, # signed extra fields the file must carry, with these values
         ) -> int:
     "Restore a saved sequence into this pool under `seq_id`; returns its token count."
     path = cache_path(directory, seq_id)
@@ -323,6 +399,9 @@ def load(self: PoolStore, directory: str | Path, # where `save` wrote
         try: diff = _fp_diff(fp, self.pool.fingerprint)
         except Exception: diff = "fingerprints differ"
         raise SpecMismatch(f"{seq_id!r} was saved for a different cache spec: {diff}")
+    for k, want in (expect or {}).items():
+        if meta.get(k) != want or k not in meta["signed"].split(","):
+            raise SpecMismatch(f"{path}: saved with {k} {meta.get(k)!r}, expected {want!r}")
     n = int(meta["num_tokens"])
     if tokens is not None:
         toks, k = parse_tokens(tokens)

@@ -2,6 +2,7 @@
 real clients (the `openai` package and plain HTTP), each bounded in time and stopped in `finally`."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -234,18 +235,106 @@ def test_kill9_then_restart_serves(models, tmp_path):
 
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(models):
     with Server(models["llama"], "kvspec", "--cache-bytes", "1MiB", "--block-tokens", "16") as s:
-        fit = s.stats()["fit_tokens"]
         code, out = post(s.port, "/v1/chat/completions", None, raw=b'{"messages": [')
         assert code == 400 and "Invalid JSON" in out["error"]
-        code, out = post(s.port, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**9})
-        assert code == 400 and f"at most {fit} tokens fit" in out["error"], out
-        long = "word " * (fit + 10)
-        code, out = post(s.port, "/v1/completions", {"prompt": long, "max_tokens": 1})
-        assert code == 400 and "max_tokens <= 0" in out["error"], out
         code, out = post(s.port, "/v1/chat/completions", {"model": "no/such-model", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert 400 <= code < 500, (code, out)
         assert chat(s.port, [{"role": "user", "content": "Still there?"}], 3)["usage"]["completion_tokens"] >= 1
         assert get(s.port, "/health") == (200, {"status": "ok"})
+
+
+LONG_SYSTEM = " ".join(f"Rule {i}: keep every block of the cache exact and the budget whole." for i in range(120))   # ~2,000 tokens
+
+
+def test_prompts_longer_than_the_cache_are_served_like_stock(models, tmp_path):
+    "A 1 MiB cache (2,048 tokens of the demo llama) and a ~2,000-token system prompt: stock mlx_lm.server and kvspec serve both answer every request, token for token alike; kvspec caches what fits."
+    convs = [[f"Question {i}.{t}: and what of block {i * 5 + t}?" for t in range(2)] for i in range(3)]
+    def play(port):
+        out = []
+        for turns in convs:
+            msgs = [{"role": "system", "content": LONG_SYSTEM}]
+            for q in turns:
+                msgs.append({"role": "user", "content": q}); r = chat(port, msgs, 6)
+                out.append((r["choices"][0]["message"]["content"], r["usage"])); msgs.append({"role": "assistant", "content": out[-1][0]})
+        return out
+    with Server(models["llama"], "stock", "--prompt-cache-bytes", str(1 << 20)) as stock: want = play(stock.port)
+    with Server(models["llama"], "kvspec", "--cache-bytes", "1MiB", "--block-tokens", "16", log=tmp_path / "log.txt") as ours:
+        got, st = play(ours.port), ours.stats()
+    assert min(u["prompt_tokens"] for _, u in got) > 2048 * 0.8, [u["prompt_tokens"] for _, u in got]   # the system prompt is about the whole cache
+    assert [a for a, _ in got] == [a for a, _ in want]
+    assert st["inserted_partly"] > 0 and st["prefix_hit_tokens"] > 0 and st["cache_nbytes"] <= st["budget_nbytes"] == 1 << 20, st
+    assert st["fetch_failed"] == st["insert_failed"] == 0, st
+
+
+def test_pool_too_small_for_state_snapshots_keeps_serving(models, tmp_path):
+    "A recurrent hybrid in a cache so small its state group holds a few slots: snapshots, cached prompts and new requests fight for them; every request is answered, nothing fails inside the cache."
+    # 3 state slots of 11,264 bytes and 60 blocks of 16 tokens (8,192 bytes): two of these ~400-token prompts at a time
+    with Server(models["qwen3_next"], "kvspec", "--cache-bytes", str(3 * 11264 + 60 * 8192), "--block-tokens", "16", "--balance-tokens", "320",
+                log=tmp_path / "log.txt") as s:
+        st0 = s.stats()
+        test = {g["group"]: g["blocks_total"] for g in st0["groups"]}
+        assert test == {"state": 3, "full": 60}, st0["groups"]
+        answers = run_conversations(s.port, conversations(6, 3), max_tokens=4)
+        st = s.stats()
+        assert len(answers) == 18 and st["inserts"] > 0 and st["evictions"] > 0, st
+        assert st["fetch_failed"] == st["insert_failed"] == st["trim_failed"] == 0, st
+        assert get(s.port, "/health") == (200, {"status": "ok"})
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    "A 1 MiB tmpfs at tmp_path / 'full' (root only), unmounted afterwards."
+    d = tmp_path / "full"; d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (the read-only and vanished-directory tests still run)")
+    try: yield d
+    finally: subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=30)
+
+
+def test_cache_dir_on_a_full_filesystem_keeps_serving(models, small_tmpfs, tmp_path):
+    "--cache-dir on a 1 MiB filesystem: the first long prompt's save does not fit; it is logged once and counted, and every request is answered."
+    with Server(models["llama"], "kvspec", "--cache-bytes", "16MiB", "--block-tokens", "16", "--cache-dir", str(small_tmpfs),
+                log=tmp_path / "log.txt") as s:
+        msgs = [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "Hello!"}]
+        first = chat(s.port, msgs, 6)
+        for i in range(4): chat(s.port, [{"role": "system", "content": f"{i} {LONG_SYSTEM}"}, {"role": "user", "content": "Hi"}], 4)
+        again = chat(s.port, msgs, 6)
+        deadline = time.monotonic() + 30
+        while s.stats()["disk_queue"] and time.monotonic() < deadline: time.sleep(0.1)
+        st = s.stats()
+        assert st["write_errors"] >= 1 and "ENOSPC" in st["disk_faults"], st
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0          # served from memory meanwhile
+        assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+        assert st["fetch_failed"] == st["insert_failed"] == 0 and get(s.port, "/health") == (200, {"status": "ok"})
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True, timeout=30)   # now read-only as well
+        for i in range(2): chat(s.port, [{"role": "system", "content": f"short {i}"}, {"role": "user", "content": "Hi"}], 4)
+        deadline = time.monotonic() + 30
+        while s.stats()["disk_queue"] and time.monotonic() < deadline: time.sleep(0.1)
+        st = s.stats()
+        assert "EROFS" in st["disk_faults"] and get(s.port, "/health") == (200, {"status": "ok"}), st
+    assert (tmp_path / "log.txt").read_text().count("failed (") == 2                  # each kind logged once, then only counted
+
+
+def test_cache_dir_read_only_or_removed_mid_run_keeps_serving(models, tmp_path):
+    "--cache-dir made unwritable mid-run (a file where the directory was), then removed and written again: every request is answered, saves resume."
+    d = tmp_path / "cache"
+    with Server(models["llama"], "kvspec", "--cache-bytes", "16MiB", "--block-tokens", "16", "--cache-dir", str(d), log=tmp_path / "log.txt") as s:
+        def ask(i): return chat(s.port, [{"role": "system", "content": f"{i} {SYSTEM}"}, {"role": "user", "content": "Hi"}], 4)
+        def settled():
+            deadline = time.monotonic() + 30
+            while s.stats()["disk_queue"] and time.monotonic() < deadline: time.sleep(0.1)
+            return s.stats()
+        ask(0); assert settled()["persisted"] == 1
+        shutil.rmtree(d); d.write_text("a file where the cache directory was")          # no directory can be made there
+        ask(1); ask(2); st = settled()
+        assert st["persisted"] == 1 and st["write_errors"] == 2 and "EEXIST" in st["disk_faults"], st
+        d.unlink()                                                                      # gone: made again by the next save
+        ask(3); st = settled()
+        assert st["persisted"] == 2 and sorted(p.suffix for p in d.iterdir()) == [".json", ".safetensors"], st
+        shutil.rmtree(d)                                                                # deleted mid-run
+        ask(4); st = settled()
+        assert st["persisted"] == 3 and len(list(d.iterdir())) == 2, st
+        assert st["fetch_failed"] == st["insert_failed"] == 0 and get(s.port, "/health") == (200, {"status": "ok"})
 
 
 def test_evicted_conversation_comes_back_from_disk(models, tmp_path):
