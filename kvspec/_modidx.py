@@ -476,6 +476,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/kvspec', 'doc_host': 'http
                              'kvspec.spec.ModelCacheSpec.to_frame': ('spec.html#modelcachespec.to_frame', 'kvspec/spec.py'),
                              'kvspec.spec.ModelCacheSpec.v_head_dim': ('spec.html#modelcachespec.v_head_dim', 'kvspec/spec.py'),
                              'kvspec.spec.ModelCacheSpec.windows': ('spec.html#modelcachespec.windows', 'kvspec/spec.py'),
+                             'kvspec.spec._itemsize': ('spec.html#_itemsize', 'kvspec/spec.py'),
                              'kvspec.spec._leaves': ('spec.html#_leaves', 'kvspec/spec.py'),
                              'kvspec.spec._longest_repeat': ('spec.html#_longest_repeat', 'kvspec/spec.py'),
                              'kvspec.spec._one_or_all': ('spec.html#_one_or_all', 'kvspec/spec.py'),

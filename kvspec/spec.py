@@ -62,17 +62,22 @@ class CacheSpec:
         if self.kind not in KINDS: raise ValueError(f"kind {self.kind!r} is not one of {KINDS}")
 
 # %% ../nbs/01_spec.ipynb #40a4c2bb
+def _itemsize(dtype: str | None) -> int:
+    "Bytes per element of `dtype`, or a kvspec error naming it (never a bare KeyError)."
+    if dtype not in DTYPE_BYTES: raise UnsupportedCache(f"no byte size for dtype {dtype!r} (kvspec knows {', '.join(DTYPE_BYTES)})")
+    return DTYPE_BYTES[dtype]
+
 def kv_slot_bytes(n_kv_heads: int, k_head_dim: int, v_head_dim: int, dtype: str,
                   bits: int | None = None, group_size: int | None = None) -> int:
     "Bytes of one token slot of a K/V cache for one sequence."
-    itemsize = DTYPE_BYTES[dtype]
+    itemsize = _itemsize(dtype)
     if bits is None: return n_kv_heads * (k_head_dim + v_head_dim) * itemsize
     def packed(d): return d * bits // 8 + 2 * (d // group_size) * itemsize
     return n_kv_heads * (packed(k_head_dim) + packed(v_head_dim))
 
 # %% ../nbs/01_spec.ipynb #3c7a5e96
 def _state_bytes(spec: CacheSpec) -> int:
-    return sum(math.prod(s) * DTYPE_BYTES[d] for s, d in zip(spec.state_shapes, spec.state_dtypes))
+    return sum(math.prod(s) * _itemsize(d) for s, d in zip(spec.state_shapes, spec.state_dtypes))
 
 SLOTS: dict[str, Callable[[CacheSpec], Any]] = {  # mlx-lm cache class -> a fresh replay of its buffer for this spec
     "KVCache": lambda s: KVSlots(),
@@ -244,8 +249,8 @@ def run_nbytes(caches: Sequence[tuple[CacheSpec, int]], # caches with how many o
               ) -> tuple[int, int]:
     "(final, peak) total bytes of these caches over the calls, with whole cycles of equal calls jumped over."
     batch = check_int(batch, "batch", error=InvalidChunks)  # checked here once, for every caller
-    leaves = [l for c, k in caches for l in _leaves(c, k)]
-    if any(l.cache_class not in SLOTS and l.kind not in ("state", "unused") for l, _ in leaves):
+    leaves = [(l, k) for c, n in caches for l, k in _leaves(c, n) if l.kind != "unused"]  # an unused cache stays empty: 0 bytes
+    if any(l.cache_class not in SLOTS and l.kind != "state" for l, _ in leaves):
         calls = sum(c for _, c in runs)
         if calls > MAX_REPLAY_CALLS:
             raise UnsupportedCache(f"{calls:,} calls: a cache sized by a lazy replay of mlx-lm is replayed call by call, "
