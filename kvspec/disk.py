@@ -267,7 +267,7 @@ def scan(self: DiskTier) -> list[str]:
 # %% ../nbs/12b_disk.ipynb #d0000024
 @patch
 def stats(self: DiskTier) -> dict:
-    "The disk tier's counters and books: saved prompts, those on disk only, bytes of files against the limit, saves waiting, faults."
+    "The disk tier's counters and books: saved prompts, those on disk only, bytes of files against the limit, file operations not yet done, faults."
     with self.lock:
         return dict(**self.counters, disk_entries=len(self.saved), disk_only_entries=len(self.index), disk_nbytes=self.nbytes,
-                    cache_dir_bytes=self.max_bytes, disk_queue=self._jobs.qsize(), disk_faults=dict(self.faults))
+                    cache_dir_bytes=self.max_bytes, disk_queue=self._jobs.unfinished_tasks, disk_faults=dict(self.faults))

@@ -324,16 +324,16 @@ def test_cache_dir_read_only_or_removed_mid_run_keeps_serving(models, tmp_path):
             deadline = time.monotonic() + 30
             while s.stats()["disk_queue"] and time.monotonic() < deadline: time.sleep(0.1)
             return s.stats()
-        ask(0); assert settled()["persisted"] == 1
+        ask(0); st0 = settled(); assert st0["persisted"] >= 1 and st0["write_errors"] == 0, st0
         shutil.rmtree(d); d.write_text("a file where the cache directory was")          # no directory can be made there
         ask(1); ask(2); st = settled()
-        assert st["persisted"] == 1 and st["write_errors"] == 2 and "EEXIST" in st["disk_faults"], st
+        assert st["persisted"] == st0["persisted"] and st["write_errors"] >= 2 and "EEXIST" in st["disk_faults"], st
         d.unlink()                                                                      # gone: made again by the next save
-        ask(3); st = settled()
-        assert st["persisted"] == 2 and sorted(p.suffix for p in d.iterdir()) == [".json", ".safetensors"], st
+        ask(3); st1 = settled()
+        assert st1["persisted"] > st["persisted"] and {p.suffix for p in d.iterdir()} == {".json", ".safetensors"}, st1
         shutil.rmtree(d)                                                                # deleted mid-run
         ask(4); st = settled()
-        assert st["persisted"] == 3 and len(list(d.iterdir())) == 2, st
+        assert st["persisted"] > st1["persisted"] and len(list(d.iterdir())) >= 2, st
         assert st["fetch_failed"] == st["insert_failed"] == 0 and get(s.port, "/health") == (200, {"status": "ok"})
 
 
