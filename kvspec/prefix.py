@@ -109,7 +109,7 @@ def longest(self: PrefixIndex, toks: tuple, # a request's token ids
     B, q = self.block_tokens, toks[:limit]
     levels, best, found = self._levels(q, ds), 0, None
     for j, d in reversed(levels):                   # a prompt `toks` starts with whole: the deeper, the longer
-        if (hit := next(self._tail_at(d, q[j * B:]), None)) is not None: best, found = j * B + hit[0], hit[1]; break
+        if d in self.tails and (hit := next(self._tail_at(d, q[j * B:]), None)) is not None: best, found = j * B + hit[0], hit[1]; break
     if partial and levels:                          # or the one going furthest along `toks`, to be cut back
         j, d = levels[-1]
         c, lst = tuple(q[j * B:(j + 1) * B]), self.after[d]
@@ -126,5 +126,5 @@ def prefixes_of(self: PrefixIndex, key: tuple, # token ids
     "Ids of the indexed prompts `key` starts with."
     B, out = self.block_tokens, []
     for j, d in self._levels(key, ds):
-        out += [i for _, i in self._tail_at(d, key[j * B:], exclude=len(key) - j * B if proper else None)]
+        if d in self.tails: out += [i for _, i in self._tail_at(d, key[j * B:], exclude=len(key) - j * B if proper else None)]
     return out
