@@ -22,7 +22,7 @@ from pathlib import Path
 import mlx.core as mx
 from fastcore.basics import patch
 
-import kvspec.build  # attaches ModelCacheSpec.from_config / from_pretrained / from_model
+from .build import from_pretrained
 from .config import KVSpecError, UnsupportedCache, check_int
 from .plan import parse_bytes
 from .pool import BlockPool, PoolExhausted, chain_hashes
@@ -563,7 +563,7 @@ def make_prompt_cache_for(args) -> PoolPromptCache:
     "The kvspec prompt cache for `kvspec serve` options `args` (the spec read from the model's config, no weights loaded, quantized as --kv-bits says)."
     if args.model is None: raise ServeError("kvspec serve needs --model: the pool is sized from that model's cache spec")
     bits, group = getattr(args, "kv_bits", None), getattr(args, "kv_group_size", 64)
-    try: spec = ModelCacheSpec.from_pretrained(args.model, kv_bits=bits, kv_group_size=group)
+    try: spec = from_pretrained(args.model, kv_bits=bits, kv_group_size=group)
     except UnsupportedCache as e:
         if bits is None: raise
         raise ServeError(f"--kv-bits {bits} --kv-group-size {group}: {e}") from None

@@ -12,18 +12,20 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import build  # noqa: F401 -- attaches ModelCacheSpec.from_config / from_model
+from .build import from_model
 from .config import ConfigError, check_int, config_dtype, load_config, CACHE_DTYPES
-from .fit import WeightsSpec, quant_settings, quantize_weightless, tie_at_load, weights_from_model
-from .plan import DEFAULT_QUANTIZED_KV_START, format_bytes, max_context, parse_bytes
+from .fit import Fit, check_fit_args, fit_spec
+from .plan import max_context
 from .pool import BlockPool
 from .probe import model_layers, weightless_model
-from .spec import ModelCacheSpec
+from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
+from .units import format_bytes, parse_bytes
+from .weights import WeightsSpec, quant_settings, quantize_weightless, tie_at_load, weights_from_model
 
 # %% auto #0
 __all__ = ['COLLECTIVES', 'ShardError', 'StandInGroup', 'lazy_collectives', 'sharding_support', 'check_ranks', 'shard_weightless',
            'RankSpec', 'rank_spec', 'group_specs', 'rank_table', 'binding_rank', 'group_max_context', 'group_report',
-           'format_group_report', 'group_fit', 'rank_pool']
+           'format_group_report', 'rank_fit', 'group_fit', 'rank_pool']
 
 # %% ../nbs/11_shard.ipynb #f10c16bc
 class ShardError(ConfigError):
@@ -155,7 +157,7 @@ def rank_spec(config, # a config dict, config.json, model directory, preset name
     index = {id(l): i for i, l in enumerate(model_layers(model))}
     layers = shard_weightless(model, tp_size, tp_rank, pp_size, pp_rank, origin)
     with lazy_collectives(pp_size):
-        spec = ModelCacheSpec.from_model(model, kv_bits=kv_bits, kv_group_size=kv_group_size, max_kv_size=max_kv_size)
+        spec = from_model(model, kv_bits=kv_bits, kv_group_size=kv_group_size, max_kv_size=max_kv_size)
     note = f"rank pp{pp_rank}/tp{tp_rank} of tp={tp_size} × pp={pp_size}: layers {layers[0]}-{layers[1] - 1}"
     spec = dataclasses.replace(_renumber(spec, [index.get(id(l)) for l in model_layers(model)], pp_size),
                                model_type=cfg.get("model_type", spec.model_type), source=origin, notes=(*spec.notes, note))
@@ -239,18 +241,32 @@ def format_group_report(r: dict) -> str:
     return "\n".join(lines)
 
 # %% ../nbs/11_shard.ipynb #dbaccfea
+def rank_fit(config, # a preset name, config.json, model directory, config dict or hub id
+             *, tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0,
+             memory=None, # this machine's memory (default: the memory of the machine this runs on)
+             context: int, # prompt tokens per sequence
+             batch: int = 1, kv_bits: int | None = None, prefill_step: int = 2048, max_tokens: int = 0, # as `kvspec.fit.fit`
+             dtype: str | None = None, # weights and activations (default: the config's torch_dtype)
+            ) -> Fit:
+    "`kvspec.fit.fit` for one rank of a split model: its weights and caches, the whole model's forward-pass reserve."
+    check_fit_args(context, batch, prefill_step, max_tokens, kv_bits)   # refused before anything is built
+    cfg, _ = load_config(config)
+    r = rank_spec(config, tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, dtype=dtype, kv_bits=kv_bits)
+    return fit_spec(cfg, r.spec, r.weights, memory=memory, context=context, batch=batch, kv_bits=kv_bits,
+                    prefill_step=prefill_step, max_tokens=max_tokens)
+
+# %% ../nbs/11_shard.ipynb #dbaccfec
 def group_fit(config, # a preset name, config.json, model directory, config dict or hub id
               *, tp_size: int = 1, pp_size: int = 1,
               memory, # each machine's memory: one size for all, or one per rank
-              context: int, **kwargs, # as `kvspec.fit.fit` (batch, kv_bits, prefill_step, max_tokens, dtype)
+              context: int, **kwargs, # as `rank_fit` (batch, kv_bits, prefill_step, max_tokens, dtype)
              ) -> dict:
-    "`kvspec.fit.fit` for every rank of the group: the per-rank fits, the binding rank, the longest context all serve."
-    from kvspec.fit import fit
+    "`rank_fit` for every rank of the group: the per-rank fits, the binding rank, the longest context all serve."
     _, origin = load_config(config)
     check_ranks(tp_size, 0, pp_size, 0, origin)
     mems = _memories(memory, tp_size * pp_size)
-    fits = [fit(config, memory=mems[p * tp_size + t], context=context, tp_size=tp_size, tp_rank=t, pp_size=pp_size, pp_rank=p, **kwargs)
-            for p in range(pp_size) for t in range(tp_size)]
+    fits = [rank_fit(config, tp_size=tp_size, tp_rank=t, pp_size=pp_size, pp_rank=p, memory=mems[p * tp_size + t], context=context,
+                     **kwargs) for p in range(pp_size) for t in range(tp_size)]
     headroom = [f.memory_nbytes - f.total_peak_nbytes for f in fits]
     return dict(model=origin, tp_size=tp_size, pp_size=pp_size, fits=fits, fits_all=all(f.fits for f in fits),
                 binding_rank=headroom.index(min(headroom)), max_context_tokens=min(f.max_context_tokens for f in fits))
