@@ -9,7 +9,8 @@ CHILD = r'''
 import json, resource, sys, time
 t0 = time.perf_counter()
 import mlx.core as mx
-from kvspec.fit import weights, fit
+from kvspec.fit import fit
+from kvspec.weights import weights
 from kvspec.config import load_config, text_config
 from kvspec.plan import seed_formula_nbytes
 import_s = time.perf_counter() - t0

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-import kvspec.build  # noqa: F401  (adds ModelCacheSpec.from_config)
+from kvspec.build import from_config
 from kvspec.pool import BlockPool, PoolExhausted
-from kvspec.spec import ModelCacheSpec
 from kvspec.store import PoolStore
 
 REPEATS = 7
@@ -109,8 +108,8 @@ def waste_per_seq(spec, lengths, block_tokens=256):
     return out
 
 def main():
-    llama = ModelCacheSpec.from_config("Meta-Llama-3.1-8B-Instruct-4bit")
-    gemma = ModelCacheSpec.from_config("gemma-3-12b-it-4bit")
+    llama = from_config("Meta-Llama-3.1-8B-Instruct-4bit")
+    gemma = from_config("gemma-3-12b-it-4bit")
     res = dict(machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                             cpus=os.cpu_count(), python=platform.python_version(), mlx=version("mlx"), mlx_lm=version("mlx-lm"),
                             device=str(mx.default_device())),

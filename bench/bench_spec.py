@@ -15,15 +15,15 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, statistics, sys, time
 import mlx.core as mx, mlx_lm
-from kvspec.build import ModelCacheSpec
+from kvspec.build import from_pretrained
 from kvspec.plan import plan
 def rss_mb(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 base = rss_mb()
 name, repeats = sys.argv[1], int(sys.argv[2])
-t = time.perf_counter(); spec = ModelCacheSpec.from_pretrained(name); first = time.perf_counter() - t
+t = time.perf_counter(); spec = from_pretrained(name); first = time.perf_counter() - t
 times = []
 for _ in range(repeats):
-    t = time.perf_counter(); ModelCacheSpec.from_pretrained(name); times.append(time.perf_counter() - t)
+    t = time.perf_counter(); from_pretrained(name); times.append(time.perf_counter() - t)
 spec_peak = rss_mb()
 plans = []
 for _ in range(repeats):

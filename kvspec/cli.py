@@ -14,11 +14,12 @@ import sys
 from typing import Callable
 
 from . import __version__
+from .build import from_pretrained
 from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, preset_names, text_config
 from .fit import fit, machine_memory
-from .plan import format_bytes, plan
+from .plan import plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
-import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
+from .units import format_bytes
 from .demo import DEMO_CONFIGS, demo_model
 from .serve import add_serve_arguments, serve
 from .shard import format_group_report, group_fit, group_report
@@ -188,7 +189,7 @@ def _print_inspect(r: dict, spec: ModelCacheSpec, out):
 def inspect_command(args) -> int:
     "`kvspec inspect`: print a model's per-cache spec and its bytes at `--context` (or one JSON object)."
     if (code := ranks_command(args)) is not None: return code
-    spec = ModelCacheSpec.from_pretrained(args.model, dtype=args.dtype, kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
+    spec = from_pretrained(args.model, dtype=args.dtype, kv_bits=args.kv_bits, max_kv_size=args.max_kv_size)
     report = inspect_report(spec, args.context, args.batch, args.prefill_step, args.quantized_kv_start, load_config(args.model)[0])
     if args.json: print(json.dumps(report, indent=1))
     else: _print_inspect(report, spec, sys.stdout)
@@ -226,7 +227,7 @@ def presets_command(args) -> int:
     "`kvspec presets`: one line per bundled config: name, model type, layer pattern (or one JSON list)."
     rows = []
     for name in preset_names():
-        spec = ModelCacheSpec.from_pretrained(name)
+        spec = from_pretrained(name)
         rows.append({"name": name, "model_type": spec.model_type, "pattern": spec.pattern})
     if args.json: print(json.dumps(rows, indent=1)); return 0
     w = [max(len(r[k]) for r in rows) for k in ("name", "model_type")]

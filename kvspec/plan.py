@@ -6,63 +6,18 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from dataclasses import dataclass
 
 from fastcore.basics import patch
 
-from .config import ConfigError, KVSpecError, UnsupportedCache, check_int, load_config, text_config
+from .build import from_config
+from .config import ConfigError, UnsupportedCache, check_int, load_config, text_config
 from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, ModelCacheSpec, kv_slot_bytes
-import kvspec.build  # noqa: F401  (adds from_config / from_pretrained to ModelCacheSpec)
+from .units import InvalidBudget, format_budget, format_bytes, largest_true, parse_bytes
 
 # %% auto #0
-__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'InvalidBudget', 'parse_bytes', 'format_bytes', 'format_budget',
-           'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity', 'largest_true', 'max_context',
-           'Plan', 'below_note', 'plan']
-
-# %% ../nbs/08_plan.ipynb #6d711a93
-class InvalidBudget(KVSpecError, ValueError):
-    "A memory budget or token count that cannot be planned for."
-
-_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-def parse_bytes(budget: int | str) -> int:
-    "Bytes in a budget given as an int or as text with a unit: `16GiB`, `16 GB`, `512MiB`, `1024`."
-    if isinstance(budget, bool) or not isinstance(budget, (int, str)):
-        raise InvalidBudget(f"budget must be an int or a string such as '16GiB', got {type(budget).__name__}")
-    if isinstance(budget, int): n = budget
-    else:
-        if budget.strip().startswith("-"): raise InvalidBudget(f"budget must be positive, got {budget!r}")
-        m = _BYTES.match(budget.replace("_", "").replace(",", ""))
-        if not m: raise InvalidBudget(f"cannot read {budget!r} as a size: expected a number and a unit, e.g. '16GiB' or '16 GB'")
-        unit = m.group(2).lower()
-        if unit not in _UNITS:
-            raise InvalidBudget(f"unknown unit {m.group(2)!r} in {budget!r}: use B, KB, MB, GB, TB (powers of 1000) "
-                                "or KiB, MiB, GiB, TiB (powers of 1024)")
-        value = float(m.group(1)) * _UNITS[unit]
-        if not math.isfinite(value): raise InvalidBudget(f"{budget!r} is too large to be a size")
-        if value != int(value): raise InvalidBudget(f"{budget!r} is not a whole number of bytes")
-        n = int(value)
-    if n <= 0: raise InvalidBudget(f"budget must be positive, got {budget!r}")
-    return n
-
-# %% ../nbs/08_plan.ipynb #3d063884
-def format_bytes(n: int | float) -> str:
-    "Bytes in binary units, e.g. `2.31 GiB`."
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB": return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-
-def format_budget(n: int) -> str:
-    "A budget in binary and decimal units, e.g. `16.00 GiB (17.18 GB)`: '16G' and '16GB' differ by 7%, so both are shown."
-    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size: return f"{format_bytes(n)} ({n / size:.2f} {unit})"
-    return format_bytes(n)
+__all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity',
+           'max_context', 'Plan', 'below_note', 'plan']
 
 # %% ../nbs/08_plan.ipynb #c3cb2bc3
 def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
@@ -111,23 +66,6 @@ def capacity(spec: ModelCacheSpec, budget: int | str, context: int, prefill_step
                                         _count(quantized_kv_start, "quantized_kv_start", 0))
     per = peak if at_peak else steady
     return budget // per * batch if per else 0
-
-# %% ../nbs/08_plan.ipynb #a1b2c3d5
-def largest_true(ok, # a test on n that holds up to some n and fails above it
-                 limit: int, # search no further than this
-                ) -> int:
-    "Largest `n` in [1, limit] with `ok(n)`; 0 if not even `ok(1)`."
-    if not ok(1): return 0
-    lo, hi = 1, 2
-    while hi < limit and ok(hi): lo, hi = hi, hi * 2
-    if hi >= limit:
-        if ok(limit): return limit
-        hi = limit
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
-
 
 # %% ../nbs/08_plan.ipynb #5e201bfa
 def max_context(spec: ModelCacheSpec, budget: int | str, sequences: int = 1, prefill_step: int = 2048,
@@ -189,7 +127,7 @@ def _spec_for(model, dtype, kv_bits, max_kv_size) -> tuple[ModelCacheSpec, str, 
     cfg, origin = load_config(model)
     name = origin.removeprefix("preset ").removeprefix("hub ")
     try:
-        return ModelCacheSpec.from_config(cfg, dtype=dtype, kv_bits=kv_bits, max_kv_size=max_kv_size), name, cfg
+        return from_config(cfg, dtype=dtype, kv_bits=kv_bits, max_kv_size=max_kv_size), name, cfg
     except UnsupportedCache as e:
         if kv_bits is None: raise
         raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from .detect import layer_flag
 from .config import text_config
-from .plan import capacity, format_bytes, naive_full_nbytes, parse_bytes
+from .plan import capacity, naive_full_nbytes, plan
+from .units import format_bytes, parse_bytes
 from .spec import PATTERN_LETTERS, ModelCacheSpec, generate_chunks
 
 # %% auto #0
@@ -174,7 +175,6 @@ def findings(spec: ModelCacheSpec,   # the model's spec, as the notebook built i
             ) -> tuple:
     "Print a model notebook's Findings (versions, caches, bytes at `context`, what fits `budget`); returns (steady, peak, plan)"
     import mlx.core as mx, mlx_lm
-    from kvspec.plan import plan
     steady, peak = spec.generate_nbytes(context)
     p = plan(preset, budget, context)
     print(f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .build import from_pretrained
 from .config import UnsupportedCache
-from .plan import parse_bytes
+from .units import parse_bytes
 from .promptcache import PoolPromptCache, ServeError
 
 log = logging.getLogger("kvspec.serve")
