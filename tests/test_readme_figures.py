@@ -79,9 +79,9 @@ def render(draw, dpi=176, **rc) -> bytes:
 @pytest.fixture(scope='module')
 def capacity():
     "The README's figure (kvspec.plot.plot_capacity of four presets), redrawn with an edit `edit(ax)`"
-    from kvspec import ModelCacheSpec
+    from kvspec import from_pretrained
     from kvspec.plot import plot_capacity
-    specs = {n: ModelCacheSpec.from_pretrained(n) for n in
+    specs = {n: from_pretrained(n) for n in
              ("gemma-3-12b-it-4bit", "gpt-oss-20b", "Meta-Llama-3.1-8B-Instruct-4bit", "Qwen3-Next-80B-A3B-Instruct")}
     def draw(edit=lambda ax: None, **rc):
         return render(lambda ax: edit(plot_capacity(specs, "16GiB", [2**k for k in range(10, 18)], ax=ax)), **rc)
