@@ -21,7 +21,8 @@ from .spec import ModelCacheSpec
 from .units import format_bytes, largest_true
 
 # %% auto #0
-__all__ = ['RowCost', 'row_costs', 'Ledger', 'NeverFits', 'Overloaded', 'Governor']
+__all__ = ['RowCost', 'row_costs', 'Ledger', 'NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines',
+           'prompt_token_count', 'prompt_token_bound']
 
 # %% ../nbs/12d_admission.ipynb #a0000006
 @dataclass(frozen=True)
@@ -149,3 +150,54 @@ def stats(self: Governor) -> dict:
                     inflight_requests=len(inflight), inflight_reserved_nbytes=L.need(inflight) - L.fixed_nbytes if inflight else 0,
                     queued_requests=len(self.queue), admitted_requests=self.counters["admitted"], waited_requests=self.counters["waited"],
                     refused_requests=dict(self.refused))
+
+# %% ../nbs/12d_admission.ipynb #a0000025
+def serve_ledger(model: str,                  # the served model's directory (or any source kvspec.weights reads)
+                 spec: ModelCacheSpec,        # its cache spec as served (kv bits included)
+                 memory_nbytes: int,          # --memory
+                 cache_nbytes: int,           # the prompt cache's storage
+                 mlx_cache_nbytes: int,       # the bound set with mx.set_cache_limit
+                 disk_queue_nbytes: int = 0,  # the disk writer's queue bound
+                 prefill_step: int = 2048,    # --prefill-step-size
+                 prompt_concurrency: int = 8, # --prompt-concurrency
+                ) -> Ledger:
+    "The ledger of `kvspec serve` for this model and these options."
+    from kvspec.config import load_config
+    from kvspec.weights import weights
+    cfg, _ = load_config(model)
+    return Ledger(limit_nbytes=memory_nbytes, weights_nbytes=weights(model).nbytes, cache_nbytes=cache_nbytes,
+                  mlx_cache_nbytes=mlx_cache_nbytes, disk_queue_nbytes=disk_queue_nbytes, prompt_concurrency=prompt_concurrency,
+                  cost=row_costs(spec, cfg, prefill_step))
+
+def ledger_lines(ledger: Ledger, tokens: int) -> list[str]:
+    "The ledger as a table: each fixed line, one request of `tokens`, and what fits."
+    c, k = ledger.cost(tokens), ledger.concurrent(tokens)
+    rows = [("weights", ledger.weights_nbytes), ("prompt cache", ledger.cache_nbytes), ("MLX buffer cache (bound)", ledger.mlx_cache_nbytes),
+            ("disk writer queue (bound)", ledger.disk_queue_nbytes), (f"a {tokens:,}-token request: KV at its peak", c.kv_nbytes),
+            (f"a {tokens:,}-token request: forward-pass transient", c.transient_nbytes), ("memory limit", ledger.limit_nbytes)]
+    return [f"{name:<48} {format_bytes(n):>12}" for name, n in rows] + [
+        f"{'requests of ' + format(tokens, ',') + ' tokens at once':<48} {k:>12,}", f"{'longest single request (tokens)':<48} {ledger.longest_alone():>12,}"]
+
+# %% ../nbs/12d_admission.ipynb #fce11655
+def _chat_text(content) -> str:
+    "The text of a message's content: a string, or the text parts of a list of parts."
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+
+def prompt_token_count(tokenizer, request) -> int | None:
+    "Tokens of a request's prompt as its chat template or plain encoding gives them (None: it cannot be counted here)."
+    try:
+        if request.request_type == "chat":
+            msgs = [dict(m, content=_chat_text(m.get("content"))) for m in request.messages]
+            return len(tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=True))
+        return len(tokenizer.encode(request.prompt))
+    except Exception: return None
+
+def prompt_token_bound(tokenizer, request) -> int | None:
+    "An upper bound on `prompt_token_count` without tokenizing: the rendered prompt's UTF-8 bytes plus 16."
+    try:
+        if request.request_type == "chat":
+            msgs = [dict(m, content=_chat_text(m.get("content"))) for m in request.messages]
+            rendered = tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=False)
+        else: rendered = request.prompt
+        return len(rendered.encode("utf-8")) + 16 if isinstance(rendered, str) else None
+    except Exception: return None

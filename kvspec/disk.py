@@ -65,6 +65,7 @@ class DiskTier:
                  max_bytes: int,                         # most bytes of files kept, least recently used dropped first
                  hash_blocks: Callable[[Sequence[int]], list[bytes]],   # the pool's chain of a prompt's blocks
                  queue_items: int = 8,                   # most saves waiting for the writer
+                 queue_nbytes: int | None = None,        # most bytes of snapshots waiting (None: max_bytes // 4); counted by the memory governor
                 ):
         self.directory, self.store, self.model_id, self.max_bytes = Path(directory), store, model_id, max_bytes
         self.saved: OrderedDict[str, SavedPrompt] = OrderedDict()   # least recently used first
@@ -75,6 +76,8 @@ class DiskTier:
         self.counters = dict.fromkeys(DISK_COUNTERS, 0)
         self.faults: dict[str, str] = {}                 # kind of fault → its first message (each logged once)
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_items)
+        self.queue_nbytes = max_bytes // 4 if queue_nbytes is None else queue_nbytes
+        self.pending_nbytes = 0                          # bytes of snapshots queued and not yet written
         self._writer = threading.Thread(target=self._run, name="kvspec-disk-writer", daemon=True)
         self._writer.start()
 
@@ -99,13 +102,17 @@ def _fault(self: DiskTier, what: str, err: BaseException) -> None:
 @patch
 def offer(self: DiskTier, seq: str, key: tuple, cache_type: str) -> bool:
     "Queue a save of the prompt the pool holds as `seq` (on the generation thread: its arrays are snapshot here); False if skipped."
-    with self.lock: self.in_memory.add(seq)
+    with self.lock:
+        self.in_memory.add(seq)
+        nbytes = self.store.snapshot_nbytes(seq)
+        if self.pending_nbytes + nbytes > self.queue_nbytes or self._jobs.full():
+            self.counters["writes_skipped"] += 1; return False          # the writer is behind: this prompt stays in memory only
+        self.pending_nbytes += nbytes
     try: snap = self.store.snapshot(seq)
-    except Exception as e: self._fault("snapshot", e); return False
-    try: self._jobs.put_nowait(("write", seq, key, cache_type, snap))
-    except queue.Full:
-        with self.lock: self.counters["writes_skipped"] += 1
-        return False
+    except Exception as e:
+        with self.lock: self.pending_nbytes -= nbytes
+        self._fault("snapshot", e); return False
+    self._jobs.put_nowait(("write", seq, key, cache_type, snap, nbytes))   # only this thread adds writes: room was checked above
     return True
 
 @patch
@@ -143,7 +150,10 @@ def _run(self: DiskTier) -> None:
         job = self._jobs.get()
         try:
             if job is None: return
-            if job[0] == "write": self._write(*job[1:])
+            if job[0] == "write":
+                try: self._write(*job[1:5])
+                finally:
+                    with self.lock: self.pending_nbytes -= job[5]
             else: self._delete(job[1])
         except Exception as e: self._fault(job[0] if job else "?", e)
         finally: self._jobs.task_done()
@@ -270,4 +280,5 @@ def stats(self: DiskTier) -> dict:
     "The disk tier's counters and books: saved prompts, those on disk only, bytes of files against the limit, file operations not yet done, faults."
     with self.lock:
         return dict(**self.counters, disk_entries=len(self.saved), disk_only_entries=len(self.index), disk_nbytes=self.nbytes,
-                    cache_dir_bytes=self.max_bytes, disk_queue=self._jobs.unfinished_tasks, disk_faults=dict(self.faults))
+                    cache_dir_bytes=self.max_bytes, disk_queue=self._jobs.unfinished_tasks, disk_queue_nbytes=self.pending_nbytes,
+                    disk_faults=dict(self.faults))

@@ -94,6 +94,7 @@ class PoolPromptCache:
                  model_id: str = "",                   # names the weights: saved prompts of other weights are not loaded
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
+                 disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: budget_bytes // 4)
                 ):
         self.budget_nbytes = check_int(budget_bytes, "budget_bytes", error=ServeError)
         self.pool = BlockPool(spec, self.budget_nbytes, check_int(block_tokens, "block_tokens", error=ServeError),
@@ -123,7 +124,8 @@ class PoolPromptCache:
         self.disk = None
         if cache_dir is not None:
             self.disk = DiskTier(cache_dir, self.store, model_id, 4 * self.budget_nbytes if cache_dir_bytes is None
-                                 else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes)
+                                 else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes,
+                                 queue_nbytes=self.budget_nbytes // 4 if disk_queue_nbytes is None else disk_queue_nbytes)
             self.load_dir()
 
     def __len__(self): return len(self.entries)
@@ -379,7 +381,7 @@ def stats(self: PoolPromptCache) -> dict:
                   for i, (g, (u, c)) in enumerate(zip(self.pool.groups, self.pool.occupancy()))]
         total = lambda k: sum(g[k] for g in groups)
         disk = self.disk.stats() if self.disk is not None else dict(dict.fromkeys(DISK_COUNTERS, 0), disk_entries=0, disk_only_entries=0,
-                                                                 disk_nbytes=0, cache_dir_bytes=None, disk_queue=0, disk_faults={})
+                                                                 disk_nbytes=0, cache_dir_bytes=None, disk_queue=0, disk_queue_nbytes=0, disk_faults={})
         return dict(budget_nbytes=self.budget_nbytes, storage_nbytes=total("budget_nbytes"), cache_nbytes=total("cache_nbytes"),
                     held_nbytes=self.held_nbytes(), blocks_total=total("blocks_total"), blocks_used=total("blocks_used"),
                     blocks_shared=total("blocks_shared"), block_tokens=self.pool.block_tokens, max_entries=self.max_entries,

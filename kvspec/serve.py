@@ -14,16 +14,20 @@ import logging
 import socket
 from pathlib import Path
 
+import mlx.core as mx
+
+from .admission import Governor, NeverFits, Overloaded, ledger_lines, prompt_token_bound, prompt_token_count, serve_ledger
 from .build import from_pretrained
 from .config import UnsupportedCache
-from .units import parse_bytes
+from .fit import machine_memory
+from .units import format_bytes, parse_bytes
 from .promptcache import PoolPromptCache, ServeError
 
 log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
 __all__ = ['log', 'add_mlx_lm_server_arguments', 'add_serve_arguments', 'serve_parser', 'model_identity', 'make_prompt_cache_for',
-           'make_handler', 'serve']
+           'make_governor', 'make_handler', 'serve']
 
 # %% ../nbs/12_serve.ipynb #69b71918
 def add_mlx_lm_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,6 +56,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="most bytes of files kept in --cache-dir, least recently used dropped first (default: 4 × --cache-bytes)")
     parser.add_argument("--balance-tokens", type=int, default=2048,
                         help="prompt length the budget's split between block groups (full, sliding, state) is balanced for")
+    parser.add_argument("--memory", type=parse_bytes, default=None,
+                        help="the memory the server may use, never exceeded: weights, prompt cache and every request's bytes are admitted "
+                             "against it (e.g. 16GiB; default: this machine's, as `kvspec fit` reads it)")
+    parser.add_argument("--queue-timeout", type=float, default=60.0,
+                        help="seconds a request may wait for memory before a 503 with Retry-After (default 60)")
+    parser.add_argument("--mlx-cache-bytes", type=parse_bytes, default=None,
+                        help="MLX's buffer cache bound (mx.set_cache_limit), counted in the memory (default: 1/16 of --memory)")
     return parser
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -85,32 +96,76 @@ def make_prompt_cache_for(args) -> PoolPromptCache:
                            max_entries=getattr(args, "prompt_cache_size", None), model_id=model_identity(args.model),
                            context_tokens=args.balance_tokens, cache_dir_bytes=getattr(args, "cache_dir_bytes", None))
 
+# %% ../nbs/12_serve.ipynb #c0170e03
+def make_governor(args, # options from `serve_parser`
+                  prompt_cache: PoolPromptCache, # the server's prompt cache (its storage is allocated)
+                 ) -> Governor:
+    "The memory governor for `kvspec serve` options `args`: its ledger, checked to admit a request of a useful length."
+    memory = machine_memory(args.memory).nbytes
+    mlx_cache = args.mlx_cache_bytes if args.mlx_cache_bytes is not None else memory // 16
+    disk_queue = prompt_cache.disk.queue_nbytes if prompt_cache.disk is not None else 0
+    ledger = serve_ledger(args.model, prompt_cache.pool.spec, memory, prompt_cache.stats()["storage_nbytes"], mlx_cache, disk_queue,
+                          args.prefill_step_size, args.prompt_concurrency)
+    useful = args.balance_tokens + args.max_tokens
+    if (need := ledger.need([useful])) > memory:
+        fixed_but_cache = need - ledger.cache_nbytes
+        raise ServeError(f"--memory {format_bytes(memory)} cannot hold one request of {useful:,} tokens (--balance-tokens {args.balance_tokens} "
+                         f"+ --max-tokens {args.max_tokens}) beside the rest:\n" + "\n".join(ledger_lines(ledger, useful)) +
+                         f"\nneeded: {format_bytes(need)}. Give --memory {format_bytes(need)} or more"
+                         + (f", or --cache-bytes {format_bytes(memory - fixed_but_cache)} or less" if memory > fixed_but_cache else "")
+                         + ", or a smaller --balance-tokens / --max-tokens / --prompt-concurrency")
+    return Governor(ledger, args.queue_timeout)
+
 # %% ../nbs/12_serve.ipynb #1a97ede6
-def make_handler():
-    "mlx-lm's `APIHandler`, plus `GET /kvspec/stats`."
+def _send_json(handler, status: int, body: dict, headers: dict | None = None) -> None:
+    "Answer with a JSON body (and extra headers), as mlx-lm's handler answers."
+    data = json.dumps(body).encode()
+    handler._set_completion_headers(status)
+    for k, v in (headers or {}).items(): handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data))); handler.end_headers(); handler.wfile.write(data); handler.wfile.flush()
+
+def make_handler(governor: Governor, # admits every completion by its bytes
+                 tokenizer,          # the served model's tokenizer, to count prompts
+                ):
+    "mlx-lm's `APIHandler`, plus `GET /kvspec/stats` and admission by the memory governor (400 never fits, 503 + Retry-After past the queue timeout)."
     from mlx_lm.server import APIHandler
     class KVSpecHandler(APIHandler):
         def do_GET(self):
             if self.path.split("?")[0] == "/kvspec/stats":
-                body = json.dumps(self.response_generator.prompt_cache.stats()).encode()
-                self._set_completion_headers(200); self.end_headers(); self.wfile.write(body); self.wfile.flush()
+                st = {**self.response_generator.prompt_cache.stats(), **governor.stats(),
+                      "mlx_active_nbytes": mx.get_active_memory(), "mlx_peak_nbytes": mx.get_peak_memory(), "mlx_cache_nbytes": mx.get_cache_memory()}
+                _send_json(self, 200, st)
             else: super().do_GET()
+        def handle_completion(self, request, stop_words):
+            prompt = prompt_token_count(tokenizer, request)
+            if prompt is None: prompt = prompt_token_bound(tokenizer, request) or 0
+            try: ticket = governor.admit(prompt + self.max_tokens)
+            except NeverFits as e:
+                return _send_json(self, 400, {"error": str(e), "prompt_tokens": prompt, "max_tokens": self.max_tokens, "max_request_tokens": e.longest})
+            except Overloaded as e:
+                return _send_json(self, 503, {"error": str(e), "retry_after_s": e.retry_after_s}, {"Retry-After": str(e.retry_after_s)})
+            try: super().handle_completion(request, stop_words)
+            finally: governor.release(ticket)
     return KVSpecHandler
 
 # %% ../nbs/12_serve.ipynb #9b0af776
 def serve(args,        # options from `serve_parser`
           ready=None): # called with the HTTP server once it listens
-    "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache."
+    "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache and every request admitted by the memory governor."
     from http.server import ThreadingHTTPServer
     from mlx_lm.server import ModelProvider, ResponseGenerator, get_system_fingerprint
+    from mlx_lm.utils import load_tokenizer
     prompt_cache = make_prompt_cache_for(args)
-    handler = make_handler()
+    governor = make_governor(args, prompt_cache)
+    mx.set_cache_limit(governor.ledger.mlx_cache_nbytes)
+    handler = make_handler(governor, load_tokenizer(Path(args.model)))
     generator = ResponseGenerator(ModelProvider(args), prompt_cache)
     family, _, _, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     class Server(ThreadingHTTPServer): address_family = family
     fingerprint = get_system_fingerprint()
     httpd = Server(address, lambda *a, **kw: handler(generator, *a, system_fingerprint=fingerprint, **kw))
-    log.info("kvspec serve on %s:%d, prompt cache %s", args.host, args.port, prompt_cache.pool)
+    log.info("kvspec serve on %s:%d, prompt cache %s\n%s", args.host, args.port, prompt_cache.pool,
+             "\n".join(ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)))
     if ready is not None: ready(httpd)
     try: httpd.serve_forever()
     except KeyboardInterrupt: pass

@@ -299,6 +299,12 @@ def snapshot(self: PoolStore, seq_id) -> Snapshot:
         arrays, classes, scalars = _layout(self.to_caches(n, held))
         return Snapshot(n, _entries(arrays), _flat_meta({}, classes, scalars))
 
+@patch
+def snapshot_nbytes(self: PoolStore, seq_id) -> int:
+    "Bytes of the arrays `snapshot` would hold for a sequence (its live K/V, or state), without gathering them."
+    n = self.pool.table(seq_id)[0]
+    return sum(a.nbytes for i, r in self.rules.items() for a in r.blank(self.leaves[i], n))
+
 def write_snapshot(path: Path, # the file to (re)place
                    snap: Snapshot, fingerprint: dict, # what to write, and the spec fingerprint of the pool it came from
                    extra: dict[str, str] | None = None, # more fields the checksum signs (lowercase names)
