@@ -94,7 +94,7 @@ class PoolPromptCache:
                  model_id: str = "",                   # names the weights: saved prompts of other weights are not loaded
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
-                 disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: budget_bytes // 4)
+                 disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: a quarter of budget_bytes, or twice it up to 32 MiB)
                 ):
         self.budget_nbytes = check_int(budget_bytes, "budget_bytes", error=ServeError)
         self.pool = BlockPool(spec, self.budget_nbytes, check_int(block_tokens, "block_tokens", error=ServeError),
@@ -125,7 +125,8 @@ class PoolPromptCache:
         if cache_dir is not None:
             self.disk = DiskTier(cache_dir, self.store, model_id, 4 * self.budget_nbytes if cache_dir_bytes is None
                                  else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes,
-                                 queue_nbytes=self.budget_nbytes // 4 if disk_queue_nbytes is None else disk_queue_nbytes)
+                                 queue_nbytes=disk_queue_nbytes if disk_queue_nbytes is not None else   # a quarter of the budget, or twice
+                                 max(self.budget_nbytes // 4, min(2 * self.budget_nbytes, 32 << 20)))    # a small one: a few prompts can wait
             self.load_dir()
 
     def __len__(self): return len(self.entries)
