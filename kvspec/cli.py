@@ -246,7 +246,8 @@ def fit_command(args) -> int:
     "`kvspec fit`: weights + KV peak + reserve against the machine's memory (with `--tp`/`--pp`: per rank)."
     if (args.tp, args.pp) != (1, 1): return fit_ranks_command(args)
     f = fit(args.model, memory=args.memory, context=args.context, batch=args.batch, kv_bits=args.kv_bits,
-            prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype)
+            prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype,
+            concurrency=args.concurrency if args.serve else None, cache_bytes=args.cache_bytes, prompt_concurrency=args.prompt_concurrency)
     print(json.dumps(f.to_dict(), indent=1) if args.json else repr(f))
     return 0
 
@@ -256,6 +257,11 @@ def add_fit_parser(sub):
     p = sub.add_parser("fit", parents=[model_options(32768)], help="will the model, at this context, fit on this machine")
     p.add_argument("--memory", help="memory to plan against (default: this machine's), e.g. 16GiB or 64GB")
     p.add_argument("--max-tokens", type=count, default=0, help="tokens generated after the prompt (default 0)")
+    p.add_argument("--serve", action="store_true",
+                   help="also answer for `kvspec serve --memory`: how many requests of --context + --max-tokens run at once, and the longest single request")
+    p.add_argument("--cache-bytes", default="1GiB", help="with --serve: the server's prompt cache (default 1GiB, as kvspec serve)")
+    p.add_argument("--concurrency", type=count, default=1, help="with --serve: requests at once to check (default 1)")
+    p.add_argument("--prompt-concurrency", type=count, default=8, help="with --serve: prompts mlx-lm prefills together (default 8)")
     p.set_defaults(run=fit_command)
 
 # %% ../nbs/09_cli.ipynb #f17a0c12
@@ -279,7 +285,6 @@ def fit_ranks_command(args) -> int:
     print(f"binding rank: {g['binding_rank']}; {'every rank fits' if g['fits_all'] else 'not every rank fits'}; "
           f"longest context the group serves: {g['max_context_tokens']:,} tokens")
     return 0
-
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:
