@@ -23,9 +23,9 @@ from .weights import WeightsSpec, weights, weights_from_model
 
 # %% auto #0
 __all__ = ['APPLE_SILICON_GIB', 'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'MachineMemory',
-           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
-           'peak_total_nbytes', 'check_fit_args', 'fit_spec', 'fit', 'RowCost', 'row_costs', 'Ledger', 'ServeFit',
-           'serve_fit', 'FitError', 'Guard', 'guard']
+           'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'RowCost',
+           'row_costs', 'Ledger', 'ServeFit', 'serve_fit', 'Fit', 'peak_total_nbytes', 'check_fit_args', 'fit_spec',
+           'fit', 'FitError', 'Guard', 'guard']
 
 # %% ../nbs/10_fit.ipynb #4935b3d8
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +92,104 @@ def forward_reserve_nbytes(cfg: dict, # the model's config
     head_dim = max((l.k_head_dim for l in spec.leaves() if l.k_head_dim), default=0)
     total = batch * (n * item * (16 * hidden + 3 * inter + heads * att) + 2 * heads * att * head_dim * item + 8 * vocab)
     return int(total * RESERVE_MARGIN)
+
+# %% ../nbs/10_fit.ipynb #a0000006
+@dataclass(frozen=True)
+class RowCost:
+    "What one request of some length costs while it runs."
+    kv_nbytes: int          # its KV cache at its peak
+    transient_nbytes: int   # its prefill's forward-pass transient
+
+def row_costs(spec: ModelCacheSpec, # the served model's caches
+              cfg: dict,            # its config (its sizes set the forward-pass transient)
+              prefill_step: int = 2048, # mlx-lm's --prefill-step-size
+             ) -> Callable[[int], RowCost]:
+    "A function from a request's tokens (prompt + max_tokens) to its `RowCost`, remembered per length."
+    @functools.lru_cache(maxsize=4096)
+    def cost(n: int) -> RowCost:
+        prompt = max(1, n - 1)          # the last token is generated: the cache's peak is the same for any split of n
+        return RowCost(spec.generate_nbytes(prompt, n - prompt, 1, prefill_step)[1], forward_reserve_nbytes(cfg, spec, n, 1, prefill_step))
+    return cost
+
+# %% ../nbs/10_fit.ipynb #a0000008
+@dataclass(frozen=True)
+class Ledger:
+    "Every byte the server holds: fixed lines, and what in-flight requests cost by their lengths."
+    limit_nbytes: int                    # the memory the server may use (--memory)
+    weights_nbytes: int                  # the loaded weights (kvspec.weights, exact)
+    cache_nbytes: int                    # the prompt cache's storage, allocated at start
+    mlx_cache_nbytes: int                # MLX's buffer cache, bounded with mx.set_cache_limit
+    disk_queue_nbytes: int               # saves waiting for the disk writer, at most
+    prompt_concurrency: int              # prompts mlx-lm prefills together (--prompt-concurrency)
+    cost: Callable[[int], RowCost] = field(repr=False, compare=False)   # a request's tokens → its cost
+
+    @property
+    def fixed_nbytes(self) -> int:
+        "The lines that do not depend on requests."
+        return self.weights_nbytes + self.cache_nbytes + self.mlx_cache_nbytes + self.disk_queue_nbytes
+
+    def need(self, lengths: list[int]) -> int:
+        "Bytes the server needs while requests of these lengths (prompt + max_tokens) run together."
+        if not lengths: return self.fixed_nbytes
+        c, n = self.cost(max(lengths)), len(lengths)
+        return self.fixed_nbytes + (n + 1) * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # + 1: a finished row's copy
+
+    def longest_alone(self, most: int = 1 << 24) -> int:
+        "The longest request (prompt + max_tokens) that fits with nothing else running; 0 if none does."
+        return largest_true(lambda n: self.need([n]) <= self.limit_nbytes, most)
+
+    def concurrent(self, tokens: int) -> int:
+        "How many requests of `tokens` each fit at once."
+        return largest_true(lambda k: self.need([tokens] * k) <= self.limit_nbytes, 1 << 16)
+
+# %% ../nbs/10_fit.ipynb #f0000002
+@dataclass(frozen=True, kw_only=True)
+class ServeFit:
+    "Will `concurrency` requests of `request_tokens` run at once in a `kvspec serve` with this memory and prompt cache?"
+    memory_nbytes: int
+    weights_nbytes: int
+    cache_nbytes: int                  # --cache-bytes
+    mlx_cache_nbytes: int              # MLX's buffer cache bound
+    request_tokens: int                # prompt + max_tokens of each request
+    kv_nbytes: int                     # one request's KV at its peak
+    transient_nbytes: int              # one request's prefill transient
+    concurrency: int
+    need_nbytes: int                   # the ledger's total for `concurrency` of them
+    max_concurrency: int               # most of them at once
+    longest_request_tokens: int        # the longest single request (prompt + max_tokens)
+
+    @property
+    def fits(self) -> bool:
+        "Whether `concurrency` requests fit at once."
+        return self.need_nbytes <= self.memory_nbytes
+
+def serve_fit(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, # the model's config, caches and weights
+              *, memory: int, cache_bytes: int,   # --memory, --cache-bytes
+              request_tokens: int,                # prompt + max_tokens of each request
+              concurrency: int = 1,               # requests at once
+              prefill_step: int = 2048, prompt_concurrency: int = 8, # mlx-lm's --prefill-step-size, --prompt-concurrency
+              mlx_cache_bytes: int | None = None, # MLX's buffer cache bound (default: memory // 16, as kvspec serve)
+             ) -> ServeFit:
+    "The server's ledger asked about `concurrency` requests of `request_tokens`."
+    led = Ledger(limit_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes,
+                 mlx_cache_nbytes=memory // 16 if mlx_cache_bytes is None else mlx_cache_bytes, disk_queue_nbytes=0,
+                 prompt_concurrency=prompt_concurrency, cost=row_costs(spec, cfg, prefill_step))
+    c = led.cost(request_tokens)
+    return ServeFit(memory_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes, mlx_cache_nbytes=led.mlx_cache_nbytes,
+                    request_tokens=request_tokens, kv_nbytes=c.kv_nbytes, transient_nbytes=c.transient_nbytes, concurrency=concurrency,
+                    need_nbytes=led.need([request_tokens] * concurrency), max_concurrency=led.concurrent(request_tokens),
+                    longest_request_tokens=led.longest_alone())
+
+@patch
+def lines(self: ServeFit) -> list[str]:
+    "The server's answer, one line per question."
+    return [f"kvspec serve --memory {format_bytes(self.memory_nbytes)} --cache-bytes {format_bytes(self.cache_nbytes)}: "
+            f"{self.concurrency:,} request(s) of {self.request_tokens:,} tokens {'fit' if self.fits else 'do NOT fit'} at once "
+            f"({format_bytes(self.need_nbytes)}: {format_bytes(self.weights_nbytes)} weights + {format_bytes(self.cache_nbytes)} prompt cache + "
+            f"{format_bytes(self.mlx_cache_nbytes)} MLX buffer cache + per request {format_bytes(self.kv_nbytes)} KV and up to "
+            f"{format_bytes(self.transient_nbytes)} prefill transient)",
+            f"requests of {self.request_tokens:,} tokens at once: {self.max_concurrency:,}; the longest single request: "
+            f"{self.longest_request_tokens:,} tokens (prompt + max_tokens)"]
 
 # %% ../nbs/10_fit.ipynb #dcc6d9f5
 MAX_FIT_BATCH = 1 << 16   # the batch search stops here
@@ -223,104 +321,6 @@ def __repr__(self: Fit) -> str: return "\n".join(self.lines())
 
 @patch
 def _repr_markdown_(self: Fit) -> str: return "\n".join(f"- {l}" if i else f"**{l}**" for i, l in enumerate(self.lines()))
-
-# %% ../nbs/10_fit.ipynb #a0000006
-@dataclass(frozen=True)
-class RowCost:
-    "What one request of some length costs while it runs."
-    kv_nbytes: int          # its KV cache at its peak
-    transient_nbytes: int   # its prefill's forward-pass transient
-
-def row_costs(spec: ModelCacheSpec, # the served model's caches
-              cfg: dict,            # its config (its sizes set the forward-pass transient)
-              prefill_step: int = 2048, # mlx-lm's --prefill-step-size
-             ) -> Callable[[int], RowCost]:
-    "A function from a request's tokens (prompt + max_tokens) to its `RowCost`, remembered per length."
-    @functools.lru_cache(maxsize=4096)
-    def cost(n: int) -> RowCost:
-        prompt = max(1, n - 1)          # the last token is generated: the cache's peak is the same for any split of n
-        return RowCost(spec.generate_nbytes(prompt, n - prompt, 1, prefill_step)[1], forward_reserve_nbytes(cfg, spec, n, 1, prefill_step))
-    return cost
-
-# %% ../nbs/10_fit.ipynb #a0000008
-@dataclass(frozen=True)
-class Ledger:
-    "Every byte the server holds: fixed lines, and what in-flight requests cost by their lengths."
-    limit_nbytes: int                    # the memory the server may use (--memory)
-    weights_nbytes: int                  # the loaded weights (kvspec.weights, exact)
-    cache_nbytes: int                    # the prompt cache's storage, allocated at start
-    mlx_cache_nbytes: int                # MLX's buffer cache, bounded with mx.set_cache_limit
-    disk_queue_nbytes: int               # saves waiting for the disk writer, at most
-    prompt_concurrency: int              # prompts mlx-lm prefills together (--prompt-concurrency)
-    cost: Callable[[int], RowCost] = field(repr=False, compare=False)   # a request's tokens → its cost
-
-    @property
-    def fixed_nbytes(self) -> int:
-        "The lines that do not depend on requests."
-        return self.weights_nbytes + self.cache_nbytes + self.mlx_cache_nbytes + self.disk_queue_nbytes
-
-    def need(self, lengths: list[int]) -> int:
-        "Bytes the server needs while requests of these lengths (prompt + max_tokens) run together."
-        if not lengths: return self.fixed_nbytes
-        c, n = self.cost(max(lengths)), len(lengths)
-        return self.fixed_nbytes + (n + 1) * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # + 1: a finished row's copy
-
-    def longest_alone(self, most: int = 1 << 24) -> int:
-        "The longest request (prompt + max_tokens) that fits with nothing else running; 0 if none does."
-        return largest_true(lambda n: self.need([n]) <= self.limit_nbytes, most)
-
-    def concurrent(self, tokens: int) -> int:
-        "How many requests of `tokens` each fit at once."
-        return largest_true(lambda k: self.need([tokens] * k) <= self.limit_nbytes, 1 << 16)
-
-# %% ../nbs/10_fit.ipynb #f0000002
-@dataclass(frozen=True, kw_only=True)
-class ServeFit:
-    "Will `concurrency` requests of `request_tokens` run at once in a `kvspec serve` with this memory and prompt cache?"
-    memory_nbytes: int
-    weights_nbytes: int
-    cache_nbytes: int                  # --cache-bytes
-    mlx_cache_nbytes: int              # MLX's buffer cache bound
-    request_tokens: int                # prompt + max_tokens of each request
-    kv_nbytes: int                     # one request's KV at its peak
-    transient_nbytes: int              # one request's prefill transient
-    concurrency: int
-    need_nbytes: int                   # the ledger's total for `concurrency` of them
-    max_concurrency: int               # most of them at once
-    longest_request_tokens: int        # the longest single request (prompt + max_tokens)
-
-    @property
-    def fits(self) -> bool:
-        "Whether `concurrency` requests fit at once."
-        return self.need_nbytes <= self.memory_nbytes
-
-def serve_fit(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, # the model's config, caches and weights
-              *, memory: int, cache_bytes: int,   # --memory, --cache-bytes
-              request_tokens: int,                # prompt + max_tokens of each request
-              concurrency: int = 1,               # requests at once
-              prefill_step: int = 2048, prompt_concurrency: int = 8, # mlx-lm's --prefill-step-size, --prompt-concurrency
-              mlx_cache_bytes: int | None = None, # MLX's buffer cache bound (default: memory // 16, as kvspec serve)
-             ) -> ServeFit:
-    "The server's ledger asked about `concurrency` requests of `request_tokens`."
-    led = Ledger(limit_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes,
-                 mlx_cache_nbytes=memory // 16 if mlx_cache_bytes is None else mlx_cache_bytes, disk_queue_nbytes=0,
-                 prompt_concurrency=prompt_concurrency, cost=row_costs(spec, cfg, prefill_step))
-    c = led.cost(request_tokens)
-    return ServeFit(memory_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes, mlx_cache_nbytes=led.mlx_cache_nbytes,
-                    request_tokens=request_tokens, kv_nbytes=c.kv_nbytes, transient_nbytes=c.transient_nbytes, concurrency=concurrency,
-                    need_nbytes=led.need([request_tokens] * concurrency), max_concurrency=led.concurrent(request_tokens),
-                    longest_request_tokens=led.longest_alone())
-
-@patch
-def lines(self: ServeFit) -> list[str]:
-    "The server's answer, one line per question."
-    return [f"kvspec serve --memory {format_bytes(self.memory_nbytes)} --cache-bytes {format_bytes(self.cache_nbytes)}: "
-            f"{self.concurrency:,} request(s) of {self.request_tokens:,} tokens {'fit' if self.fits else 'do NOT fit'} at once "
-            f"({format_bytes(self.need_nbytes)}: {format_bytes(self.weights_nbytes)} weights + {format_bytes(self.cache_nbytes)} prompt cache + "
-            f"{format_bytes(self.mlx_cache_nbytes)} MLX buffer cache + per request {format_bytes(self.kv_nbytes)} KV and up to "
-            f"{format_bytes(self.transient_nbytes)} prefill transient)",
-            f"requests of {self.request_tokens:,} tokens at once: {self.max_concurrency:,}; the longest single request: "
-            f"{self.longest_request_tokens:,} tokens (prompt + max_tokens)"]
 
 # %% ../nbs/10_fit.ipynb #5df16f97
 class FitError(KVSpecError):

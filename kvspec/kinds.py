@@ -173,7 +173,7 @@ def storage(self: KVRule, c: CacheSpec, # one cache of the group
 
 @patch
 def storage(self: StateRule, c: CacheSpec, num_blocks: int, block_tokens: int) -> list[mx.array]:
-    "Zeroed arrays holding `num_blocks` state slots of this cache: one per state array, (slots, *shape)."
+    "Zeroed arrays holding `num_blocks` state slots of this cache: one per state array, its slot count first, then the state's shape."
     return [mx.zeros((num_blocks, *s), getattr(mx, d)) for s, d in zip(c.state_shapes, c.state_dtypes)]
 
 # %% ../nbs/04a_kinds.ipynb #k0000026
