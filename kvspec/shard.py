@@ -14,18 +14,20 @@ from mlx.utils import tree_flatten
 
 from .build import from_model
 from .config import ConfigError, check_int, config_dtype, load_config, CACHE_DTYPES
-from .fit import Fit, check_fit_args, fit_spec
+from .fit import MAX_FIT_CONTEXT, Fit, check_fit_args, fit_spec, peak_total_nbytes
 from .plan import max_context
 from .pool import BlockPool
 from .probe import model_layers, weightless_model
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
-from .units import format_bytes, parse_bytes
+from .units import format_bytes, largest_true, parse_bytes
 from .weights import WeightsSpec, quant_settings, quantize_weightless, tie_at_load, weights_from_model
 
 # %% auto #0
-__all__ = ['COLLECTIVES', 'ShardError', 'StandInGroup', 'lazy_collectives', 'sharding_support', 'check_ranks', 'shard_weightless',
-           'RankSpec', 'rank_spec', 'group_specs', 'rank_table', 'binding_rank', 'group_max_context', 'group_report',
-           'format_group_report', 'rank_fit', 'group_fit', 'rank_pool']
+__all__ = ['COLLECTIVES', 'ShardError', 'StandInGroup', 'lazy_collectives', 'sharding_support', 'check_ranks', 'even_split',
+           'check_pp_split', 'shard_weightless', 'RankSpec', 'rank_spec', 'group_specs', 'rank_table', 'binding_rank',
+           'group_max_context', 'group_report', 'format_group_report', 'rank_fit', 'group_fit', 'LayerCosts',
+           'layer_costs', 'rank_costs', 'search_split', 'plan_split', 'split_report', 'format_split_report',
+           'rank_pool']
 
 # %% ../nbs/11_shard.ipynb #f10c16bc
 class ShardError(ConfigError):
@@ -80,10 +82,33 @@ def check_ranks(tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: i
     check_int(tp_rank, "tp_rank", minimum=0, maximum=tp_size - 1, error=ShardError, where=where)
     check_int(pp_rank, "pp_rank", minimum=0, maximum=pp_size - 1, error=ShardError, where=where)
 
+# %% ../nbs/11_shard.ipynb #e1000002
+def even_split(num_layers: int, pp_size: int) -> tuple[int, ...]:
+    "mlx-lm's default split of `num_layers` over `pp_size` pipeline ranks: equal, the remainder to the low ranks (rank 0 first)."
+    base, extra = divmod(num_layers, pp_size)
+    return tuple(base + (1 if r < extra else 0) for r in range(pp_size))
+
+def check_pp_split(split, # layers per pipeline rank, rank 0 (which runs the last layers) first
+                   num_layers: int, pp_size: int, where: str = "") -> tuple[int, ...]:
+    "A split mlx-lm's `pipeline(group, split=...)` takes, as a tuple; else `ShardError` saying what is wrong."
+    pre = f"{where}: " if where else ""
+    if pp_size > num_layers:
+        raise ShardError(f"{pre}{pp_size} pipeline ranks for {num_layers} layers: every rank runs at least one layer, so at most {num_layers} ranks")
+    if isinstance(split, (str, bytes)) or not hasattr(split, "__len__"): raise ShardError(f"{pre}a pipeline split is a list of layer counts, got {split!r:.40}")
+    if len(split) != pp_size:
+        raise ShardError(f"{pre}the split {list(split)} has {len(split)} entries for {pp_size} pipeline ranks: give one layer count per rank")
+    for r, v in enumerate(split):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ShardError(f"{pre}the split {list(split)} gives rank {r} {v!r} layers: every rank runs a positive whole number of layers")
+    if sum(split) != num_layers:
+        raise ShardError(f"{pre}the split {list(split)} adds up to {sum(split)} layers; the model has {num_layers}")
+    return tuple(split)
+
 # %% ../nbs/11_shard.ipynb #8ad1204f
 def shard_weightless(model, # a weightless mlx-lm model (quantized or not)
                      tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0,
                      origin: str = "<model>", # for messages
+                     pp_split: list[int] | None = None, # layers per pipeline rank, rank 0 first (None: mlx-lm's even split)
                     ) -> tuple[int, int]:
     "Split `model` in place with mlx-lm's own `shard` / `pipeline` for one rank; the (start, end) layers it runs."
     check_ranks(tp_size, tp_rank, pp_size, pp_rank, origin)
@@ -105,8 +130,9 @@ def shard_weightless(model, # a weightless mlx-lm model (quantized or not)
                 raise ShardError(f"{origin}: {key[0]}.{key[1]}={old} does not divide by tp_size={tp_size} "
                                  f"(mlx-lm's shard() would give each rank {new})")
     n = len(model_layers(model))
-    if pp_size > 1:
-        try: model.model.pipeline(StandInGroup(pp_rank, pp_size))
+    if pp_size > 1 or pp_split is not None:
+        split = check_pp_split(even_split(n, pp_size) if pp_split is None else pp_split, n, pp_size, origin)
+        try: model.model.pipeline(StandInGroup(pp_rank, pp_size), split=list(split))
         except ValueError as e: raise ShardError(f"{origin}: mlx-lm cannot pipeline {n} layers over {pp_size} ranks ({e})") from None
         return model.model.start_idx, model.model.end_idx
     return 0, n
@@ -145,6 +171,7 @@ def rank_spec(config, # a config dict, config.json, model directory, preset name
               *, tp_size: int = 1, tp_rank: int = 0, pp_size: int = 1, pp_rank: int = 0,
               dtype: str | None = None, kv_bits: int | None = None, kv_group_size: int = 64, max_kv_size: int | None = None,
               origin: str | None = None, # where a config dict came from, for messages
+              pp_split: list[int] | None = None, # layers per pipeline rank, rank 0 first (None: mlx-lm's even split)
              ) -> RankSpec:
     "The caches and weights mlx-lm's own sharding gives one rank, built without weights or a process group."
     cfg, origin = load_config(config, origin)
@@ -155,7 +182,7 @@ def rank_spec(config, # a config dict, config.json, model directory, preset name
     num_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     quantize_weightless(model, cfg, origin)
     index = {id(l): i for i, l in enumerate(model_layers(model))}
-    layers = shard_weightless(model, tp_size, tp_rank, pp_size, pp_rank, origin)
+    layers = shard_weightless(model, tp_size, tp_rank, pp_size, pp_rank, origin, pp_split)
     with lazy_collectives(pp_size):
         spec = from_model(model, kv_bits=kv_bits, kv_group_size=kv_group_size, max_kv_size=max_kv_size)
     note = f"rank pp{pp_rank}/tp{tp_rank} of tp={tp_size} × pp={pp_size}: layers {layers[0]}-{layers[1] - 1}"
@@ -247,11 +274,12 @@ def rank_fit(config, # a preset name, config.json, model directory, config dict 
              context: int, # prompt tokens per sequence
              batch: int = 1, kv_bits: int | None = None, prefill_step: int = 2048, max_tokens: int = 0, # as `kvspec.fit.fit`
              dtype: str | None = None, # weights and activations (default: the config's torch_dtype)
+             pp_split: list[int] | None = None, # layers per pipeline rank, rank 0 first (None: mlx-lm's even split)
             ) -> Fit:
     "`kvspec.fit.fit` for one rank of a split model: its weights and caches, the whole model's forward-pass reserve."
     check_fit_args(context, batch, prefill_step, max_tokens, kv_bits)   # refused before anything is built
     cfg, _ = load_config(config)
-    r = rank_spec(config, tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, dtype=dtype, kv_bits=kv_bits)
+    r = rank_spec(config, tp_size=tp_size, tp_rank=tp_rank, pp_size=pp_size, pp_rank=pp_rank, dtype=dtype, kv_bits=kv_bits, pp_split=pp_split)
     return fit_spec(cfg, r.spec, r.weights, memory=memory, context=context, batch=batch, kv_bits=kv_bits,
                     prefill_step=prefill_step, max_tokens=max_tokens)
 
@@ -259,7 +287,7 @@ def rank_fit(config, # a preset name, config.json, model directory, config dict 
 def group_fit(config, # a preset name, config.json, model directory, config dict or hub id
               *, tp_size: int = 1, pp_size: int = 1,
               memory, # each machine's memory: one size for all, or one per rank
-              context: int, **kwargs, # as `rank_fit` (batch, kv_bits, prefill_step, max_tokens, dtype)
+              context: int, **kwargs, # as `rank_fit` (batch, kv_bits, prefill_step, max_tokens, dtype, pp_split)
              ) -> dict:
     "`rank_fit` for every rank of the group: the per-rank fits, the binding rank, the longest context all serve."
     _, origin = load_config(config)
@@ -270,6 +298,152 @@ def group_fit(config, # a preset name, config.json, model directory, config dict
     headroom = [f.memory_nbytes - f.total_peak_nbytes for f in fits]
     return dict(model=origin, tp_size=tp_size, pp_size=pp_size, fits=fits, fits_all=all(f.fits for f in fits),
                 binding_rank=headroom.index(min(headroom)), max_context_tokens=min(f.max_context_tokens for f in fits))
+
+# %% ../nbs/11_shard.ipynb #e2000002
+@dataclass(frozen=True)
+class LayerCosts:
+    "What each decoder layer of a model costs the pipeline rank that runs it: its weights and its caches."
+    origin: str
+    config: dict
+    spec: ModelCacheSpec                 # the whole model's caches (each names its layers)
+    shared_nbytes: int                   # weights every rank holds whatever its layers (embeddings, final norm, head)
+    layer_nbytes: tuple[int, ...]        # each layer's weights
+
+    @property
+    def num_layers(self) -> int:
+        "Decoder layers in the model."
+        return len(self.layer_nbytes)
+
+    def layers_spec(self, start: int, end: int) -> ModelCacheSpec:
+        "The caches of layers start..end-1: what a pipeline rank running them holds."
+        return dataclasses.replace(self.spec, caches=tuple(c for c in self.spec.caches if c.layers and start <= min(c.layers) and max(c.layers) < end))
+
+    def weights_nbytes(self, start: int, end: int) -> int:
+        "Weights of a pipeline rank running layers start..end-1."
+        return self.shared_nbytes + sum(self.layer_nbytes[start:end])
+
+def layer_costs(config, # a config dict, config.json, model directory, preset name or hub id
+                *, dtype: str | None = None, kv_bits: int | None = None, kv_group_size: int = 64) -> LayerCosts:
+    "Each decoder layer's exact weights and caches, and the weights every pipeline rank holds whole."
+    cfg, origin = load_config(config)
+    dtype = dtype or config_dtype(cfg, origin)[0]
+    model = tie_at_load(weightless_model(cfg, dtype, origin), cfg)
+    quantize_weightless(model, cfg, origin)
+    if not sharding_support(model)["pp"]:
+        raise ShardError(f"{origin}: {type(model).__module__}.Model has no model.pipeline(group): no pipeline parallelism in mlx-lm")
+    layers = [sum(v.nbytes for _, v in tree_flatten(l.parameters())) for l in model_layers(model)]
+    total = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    spec = dataclasses.replace(from_model(model, kv_bits=kv_bits, kv_group_size=kv_group_size), source=origin)
+    return LayerCosts(origin=origin, config=cfg, spec=spec, shared_nbytes=total - sum(layers), layer_nbytes=tuple(layers))
+
+def rank_costs(costs: LayerCosts, start: int, end: int, # the layers a rank runs
+               context: int, batch: int = 1, prefill_step: int = 2048, max_tokens: int = 0) -> tuple[int, int, int]:
+    "(weights, KV at its peak, forward-pass reserve) of the pipeline rank running layers start..end-1, at `context` tokens."
+    w = costs.weights_nbytes(start, end)
+    _, peak, reserve = peak_total_nbytes(costs.config, costs.layers_spec(start, end), w, context, batch, prefill_step, max_tokens)
+    return w, peak, reserve
+
+# %% ../nbs/11_shard.ipynb #e2000008
+def _greedy(n: int, size: int, fits, from_first: bool = True) -> tuple[int, ...] | None:
+    "A split of `n` layers over `size` ranks where every rank fits (`fits(rank, start, end)`), each taking all it can from one end; None if none."
+    split, lo, hi = [0] * size, 0, n
+    order = range(size - 1, 0, -1) if from_first else range(size - 1)   # from_first: the last rank runs the first layers
+    for left, r in enumerate(order):
+        room = (hi - lo) - (size - 1 - left)          # leave a layer for each rank still to fill
+        ok = (lambda k: fits(r, lo, lo + k)) if from_first else (lambda k: fits(r, hi - k, hi))
+        k = largest_true(ok, room)
+        if k == 0: return None
+        split[r] = k
+        if from_first: lo += k
+        else: hi -= k
+    last = 0 if from_first else size - 1
+    if not fits(last, lo, hi): return None
+    split[last] = hi - lo
+    return tuple(split)
+
+def _starts(split) -> list[int]: return [sum(split[r + 1:]) for r in range(len(split))]
+
+def search_split(n: int, # layers
+                 size: int, # pipeline ranks
+                 fits, # fits(rank, start, end, context) -> bool: rank fits running layers start..end-1 at `context` tokens (monotone in both)
+                 headroom, # headroom(rank, start, end) -> bytes left at the context asked about, to choose among equally good splits
+                 most: int = MAX_FIT_CONTEXT, # the longest context searched
+                ) -> tuple[tuple[int, ...] | None, int]:
+    "(split, longest context every rank serves with it): the split of `n` layers over `size` ranks serving the longest context."
+    check_pp_split(even_split(n, size), n, size)
+    best = largest_true(lambda c: _greedy(n, size, lambda r, a, b: fits(r, a, b, c)) is not None, most)
+    if best == 0: return None, 0
+    at = lambda r, a, b: fits(r, a, b, best)
+    left, right = _greedy(n, size, at), _greedy(n, size, at, from_first=False)
+    cands = {left, right}
+    if size == 2: cands |= {(n - k, k) for k in range(min(left[1], right[1]), max(left[1], right[1]) + 1)}
+    score = lambda s: min(headroom(r, a, a + s[r]) for r, a in enumerate(_starts(s)))
+    return max(sorted(cands), key=score), best
+
+# %% ../nbs/11_shard.ipynb #e2000011
+def plan_split(costs: LayerCosts, # layer_costs(...)
+               memory: list, # each machine's memory, rank 0 first (sizes: "192GiB" or bytes)
+               *, context: int = 32768, # the context asked about (a tie between splits goes to the most headroom there)
+               batch: int = 1, prefill_step: int = 2048, max_tokens: int = 0,
+               reserved=0, # bytes each machine keeps aside (one size for all, or one per rank)
+              ) -> tuple[tuple[int, ...] | None, int]:
+    "(split, longest context): the pipeline split serving the longest context on these machines (None, 0 if none fits at all)."
+    context, batch, prefill_step, max_tokens, _ = check_fit_args(context, batch, prefill_step, max_tokens)
+    mems = _memories(memory, len(memory)); keep = _kept(reserved, len(mems))
+    room = [m - k for m, k in zip(mems, keep)]
+    total = lambda a, b, c: sum(rank_costs(costs, a, b, c, batch, prefill_step, max_tokens))
+    return search_split(costs.num_layers, len(mems), lambda r, a, b, c: total(a, b, c) <= room[r],
+                        lambda r, a, b: room[r] - total(a, b, context))
+
+def _kept(reserved, n: int) -> list[int]:
+    "Bytes each of `n` machines keeps aside: one size (or 0) for all, or one per rank."
+    ks = list(reserved) if isinstance(reserved, (list, tuple)) else [reserved] * n
+    if len(ks) != n: raise ShardError(f"reserved lists {len(ks)} machines for a group of {n} ranks")
+    return [0 if k in (0, None) else parse_bytes(k) for k in ks]
+
+def _split_rows(costs, split, mems, keep, context, batch, prefill_step, max_tokens) -> list[dict]:
+    rows = []
+    for r, a in enumerate(_starts(split)):
+        b = a + split[r]
+        w, kv, res = rank_costs(costs, a, b, context, batch, prefill_step, max_tokens)
+        longest = largest_true(lambda c: sum(rank_costs(costs, a, b, c, batch, prefill_step, max_tokens)) <= mems[r] - keep[r], MAX_FIT_CONTEXT)
+        rows.append(dict(rank=r, layers=f"{a}-{b - 1}", num_layers=b - a, weights_nbytes=w, kv_nbytes=kv, reserve_nbytes=res,
+                         reserved_nbytes=keep[r], total_nbytes=w + kv + res + keep[r], memory_nbytes=mems[r],
+                         headroom_nbytes=mems[r] - (w + kv + res + keep[r]), max_context_tokens=longest))
+    return rows
+
+def split_report(config, # a config dict, config.json, model directory, preset name or hub id
+                 memory: list, # each machine's memory, rank 0 first
+                 *, context: int = 32768, batch: int = 1, prefill_step: int = 2048, max_tokens: int = 0, reserved=0,
+                 dtype: str | None = None, kv_bits: int | None = None) -> dict:
+    "kvspec's split and mlx-lm's even split on these machines, per rank at `context`, as plain JSON-able values."
+    costs = layer_costs(config, dtype=dtype, kv_bits=kv_bits)
+    mems = _memories(memory, len(memory)); keep = _kept(reserved, len(mems))
+    split, longest = plan_split(costs, mems, context=context, batch=batch, prefill_step=prefill_step, max_tokens=max_tokens, reserved=keep)
+    even = check_pp_split(even_split(costs.num_layers, len(mems)), costs.num_layers, len(mems), costs.origin)
+    rows = lambda s: _split_rows(costs, s, mems, keep, context, batch, prefill_step, max_tokens)
+    out = dict(model=costs.origin, num_layers=costs.num_layers, pp_size=len(mems), context=context, batch=batch,
+               split=list(split) if split else None, max_context_tokens=longest, ranks=rows(split) if split else [],
+               even_split=list(even), even_ranks=rows(even))
+    out["even_max_context_tokens"] = min(x["max_context_tokens"] for x in out["even_ranks"])
+    return out
+
+def format_split_report(r: dict) -> str:
+    "The report as text: kvspec's split and the even split, one line per rank, and the command that uses kvspec's."
+    head = f"{'rank':>4} {'layers':>7} {'n':>3} {'weights':>11} {'KV':>11} {'reserve':>11} {'total':>11} {'memory':>11} {'headroom':>11} {'longest context':>16}"
+    def table(rows):
+        return [head] + [f"{x['rank']:>4} {x['layers']:>7} {x['num_layers']:>3} " + " ".join(f"{format_bytes(x[k]):>11}" for k in
+                ("weights_nbytes", "kv_nbytes", "reserve_nbytes", "total_nbytes", "memory_nbytes", "headroom_nbytes"))
+                + f" {x['max_context_tokens']:>16,}" for x in rows]
+    lines = [f"{r['model']}: {r['num_layers']} layers over {r['pp_size']} pipeline ranks, {r['context']:,} tokens x {r['batch']} "
+             "(rank 0 runs the last layers)"]
+    if r["split"] is None: lines.append("no split fits: the weights alone are more than these machines hold")
+    else:
+        lines += [f"kvspec's split {','.join(map(str, r['split']))}: longest context {r['max_context_tokens']:,} tokens"] + table(r["ranks"])
+    lines += [f"mlx-lm's even split {','.join(map(str, r['even_split']))}: longest context {r['even_max_context_tokens']:,} tokens"] + table(r["even_ranks"])
+    if r["split"] is not None:
+        lines.append(f"serve it: mlx.launch ... -m kvspec serve --model MODEL --pipeline --pipeline-split {','.join(map(str, r['split']))}")
+    return "\n".join(lines)
 
 # %% ../nbs/11_shard.ipynb #2d59d29a
 def rank_pool(rank: RankSpec, # one entry of `group_specs(...)`
