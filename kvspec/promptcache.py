@@ -98,7 +98,7 @@ class PoolPromptCache:
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
                  disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: budget_bytes // 4)
                  max_blocks: dict[str, int] | None = None, # per block group, most blocks (the counts every rank of a group holds)
-                 peers: Peers | None = None,           # the ranks of a model split across machines: every decision agreed with them
+                 peers: Peers | None = None,           # the ranks of a model split across machines: every decision agreed with them (call `join` next)
                 ):
         self.budget_nbytes = check_int(budget_bytes, "budget_bytes", error=ServeError)
         self.pool = BlockPool(spec, self.budget_nbytes, check_int(block_tokens, "block_tokens", error=ServeError),
@@ -123,7 +123,6 @@ class PoolPromptCache:
         self.peers = peers if peers is not None and peers.size > 1 else None   # alone: no collective is ever called
         self.ranks: list[dict] = []                    # each rank's numbers as of the last call every rank made (a group's only)
         self._run, self._made = uuid.uuid4().hex[:8], 0   # new_seq: this run's prefix, prompts made so far
-        if self.peers is not None: self._run = self.peers.share(self._run)   # the same ids on every rank, so their files pair up
         self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, inserts=0, inserted_partly=0, lookups=0, loaded=0,
                              insert_refused=0, superseded=0, disk_hits=0, disk_hit_tokens=0, insert_unquantized=0,
                              fetch_failed=0, insert_failed=0, trim_failed=0, rank_disagreements=0)
@@ -133,9 +132,16 @@ class PoolPromptCache:
             self.disk = DiskTier(cache_dir, self.store, model_id, 4 * self.budget_nbytes if cache_dir_bytes is None
                                  else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes,
                                  queue_nbytes=self.budget_nbytes // 4 if disk_queue_nbytes is None else disk_queue_nbytes)
-            self.load_dir()
+            if self.peers is None: self.load_dir()
+            else: self._scanned = self.disk.scan()      # a directory this rank cannot use fails here; loading waits for `join`
 
     def __len__(self): return len(self.entries)
+
+    def join(self) -> None:
+        "With peers: agree with every rank on the ids of new prompts and load the saved prompts together. A collective: every rank calls it once, after every rank built its cache."
+        if self.peers is None: return
+        self._run = self.peers.share(self._run)        # the same ids on every rank, so their files pair up
+        if self.disk is not None: self.load_dir(self._scanned)
 
     def new_seq(self) -> str:
         "A new cached prompt's id, unique across restarts sharing a cache_dir (and its file name there)."
@@ -311,15 +317,17 @@ def _load_saved(self: PoolPromptCache, seq: str, evict: bool = True) -> bool:
 
 # %% ../nbs/12c_promptcache.ipynb #431863cf
 @patch
-def load_dir(self: PoolPromptCache):
+def load_dir(self: PoolPromptCache, seqs: list[str] | None = None): # the directory's saved prompts, newest first (default: scan it now)
     "Book the saved prompts of the cache directory and load the newest into the pool as the budget allows (anything bad is logged and skipped, kept on disk)."
-    seqs = self.disk.scan()
+    seqs = self.disk.scan() if seqs is None else seqs
     if self.peers is not None: seqs = self.peers.share(seqs)      # rank 0's, newest first: every rank goes through the same list
     for seq in seqs:
         d = self.disk.saved.get(seq)
         got = self.disk.read(seq) if d is not None and self.pool.fits_ever(len(d.key)) else None
         if self.peers is not None and not self._agree_saved(seq, got): continue
-        if got is not None and self._put_saved(got, evict=False): self.counters["loaded"] += 1
+        try: ok = got is not None and self._put_saved(got, evict=False)
+        except Exception as e: self._failed("fetch", e); ok = False   # never raised between two collectives
+        if ok: self.counters["loaded"] += 1
     self.entries = dict(reversed(self.entries.items()))   # least recently used first again
 
 # %% ../nbs/12c_promptcache.ipynb #49fde044
