@@ -214,7 +214,7 @@ class GroupLedger:
         "The binding rank's lines (for what is in flight plus the longest request), which rank that is, and every rank's lines."
         b = self.binding([*inflight, longest] if longest else inflight)
         return dict(**self.ranks[b].report(longest, inflight), binding_rank=b,
-                    ranks=[dict(rank=r, **L.report(longest, inflight)) for r, L in enumerate(self.ranks)])
+                    rank_ledgers=[dict(rank=r, **L.report(longest, inflight)) for r, L in enumerate(self.ranks)])
 
 # %% ../nbs/12d_admission.ipynb #fce11655
 def _chat_text(content) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Callable
 
 from . import __version__
@@ -309,8 +310,8 @@ def serve_command(args) -> int:
     try: serve(args)
     except KeyboardInterrupt: pass
     except KVSpecError:
-        if Peers().rank != 0: return 2      # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it
-        raise
+        if Peers().rank == 0: raise          # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it,
+        time.sleep(2); return 2              # and exits first (mlx.launch then stops the others), so its message is never cut short
     return 0
 
 @subcommand

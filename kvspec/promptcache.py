@@ -142,6 +142,7 @@ class PoolPromptCache:
         if self.peers is None: return
         self._run = self.peers.share(self._run)        # the same ids on every rank, so their files pair up
         if self.disk is not None: self.load_dir(self._scanned)
+        self._gather_ranks("fetch")                    # every rank's numbers from the start, for /kvspec/stats
 
     def new_seq(self) -> str:
         "A new cached prompt's id, unique across restarts sharing a cache_dir (and its file name there)."

@@ -207,5 +207,7 @@ def serve(args,        # options from `serve_parser`
     try: httpd.serve_forever()
     except KeyboardInterrupt: pass
     finally:
-        httpd.server_close(); generator.stop_and_join()
+        httpd.server_close()
+        if peers.size > 1 and prompt_cache.disk is not None: prompt_cache.disk.close()   # first: the others may be gone, the loop with them
+        generator.stop_and_join()
         if prompt_cache.disk is not None: prompt_cache.disk.close()
