@@ -117,7 +117,8 @@ def rank_plan(args, # options from `kvspec.serve.serve_parser`
     split, even, mode = None, True, None
     if size > 1 and args.pipeline:
         mode = "pp"; split, even = _split(args, size, limits)
-        specs = tuple(rank_spec(args.model, pp_size=size, pp_rank=r, pp_split=list(split), **kw) for r in range(size))
+        specs = tuple(rank_spec(args.model, pp_size=size, pp_rank=r, pp_split=None if even else list(split), **kw) for r in range(size))
+        split = tuple(r.layers[1] - r.layers[0] for r in specs)     # as mlx-lm splits it (a model's own pipeline may split its own way)
     elif size > 1:
         mode = "tp"; specs = tuple(rank_spec(args.model, tp_size=size, tp_rank=r, **kw) for r in range(size))
     else: specs = (rank_spec(args.model, **kw),)

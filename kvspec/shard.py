@@ -24,10 +24,10 @@ from .weights import WeightsSpec, quant_settings, quantize_weightless, tie_at_lo
 
 # %% auto #0
 __all__ = ['COLLECTIVES', 'ShardError', 'StandInGroup', 'lazy_collectives', 'sharding_support', 'check_ranks', 'even_split',
-           'check_pp_split', 'shard_weightless', 'RankSpec', 'rank_spec', 'group_specs', 'rank_table', 'binding_rank',
-           'group_max_context', 'group_report', 'format_group_report', 'rank_fit', 'group_fit', 'LayerCosts',
-           'layer_costs', 'rank_costs', 'search_split', 'plan_split', 'split_report', 'format_split_report',
-           'rank_pool']
+           'takes_split', 'check_pp_split', 'shard_weightless', 'RankSpec', 'rank_spec', 'group_specs', 'rank_table',
+           'binding_rank', 'group_max_context', 'group_report', 'format_group_report', 'rank_fit', 'group_fit',
+           'LayerCosts', 'layer_costs', 'rank_costs', 'search_split', 'plan_split', 'split_report',
+           'format_split_report', 'rank_pool']
 
 # %% ../nbs/11_shard.ipynb #f10c16bc
 class ShardError(ConfigError):
@@ -88,6 +88,12 @@ def even_split(num_layers: int, pp_size: int) -> tuple[int, ...]:
     base, extra = divmod(num_layers, pp_size)
     return tuple(base + (1 if r < extra else 0) for r in range(pp_size))
 
+def takes_split(model) -> bool:
+    "Whether the model's `pipeline` takes a `split` (mlx-lm's `PipelineMixin` does; a model with its own `pipeline(group)` may not)."
+    import inspect
+    try: return "split" in inspect.signature(model.model.pipeline).parameters
+    except (AttributeError, TypeError, ValueError): return False
+
 def check_pp_split(split, # layers per pipeline rank, rank 0 (which runs the last layers) first
                    num_layers: int, pp_size: int, where: str = "") -> tuple[int, ...]:
     "A split mlx-lm's `pipeline(group, split=...)` takes, as a tuple; else `ShardError` saying what is wrong."
@@ -132,7 +138,10 @@ def shard_weightless(model, # a weightless mlx-lm model (quantized or not)
     n = len(model_layers(model))
     if pp_size > 1 or pp_split is not None:
         split = check_pp_split(even_split(n, pp_size) if pp_split is None else pp_split, n, pp_size, origin)
-        try: model.model.pipeline(StandInGroup(pp_rank, pp_size), split=list(split))
+        if pp_split is not None and not takes_split(model):
+            raise ShardError(f"{origin}: {name}.Model's pipeline(group) takes no split in mlx-lm: only its own even split {list(even_split(n, pp_size))}")
+        kw = {} if pp_split is None else dict(split=list(split))    # as sharded_load calls it, unless a split is asked for
+        try: model.model.pipeline(StandInGroup(pp_rank, pp_size), **kw)
         except ValueError as e: raise ShardError(f"{origin}: mlx-lm cannot pipeline {n} layers over {pp_size} ranks ({e})") from None
         return model.model.start_idx, model.model.end_idx
     return 0, n
