@@ -178,6 +178,7 @@ def serve(args,        # options from `serve_parser`
     from mlx_lm.utils import load_tokenizer
     peers = Peers()
     if peers.size == 1:
+        if args.pipeline_split is not None: log.warning("--pipeline-split splits a model across the ranks of mlx.launch; this process runs alone: ignored")
         prompt_cache = make_prompt_cache_for(args)
         governor, provider, extra = make_governor(args, prompt_cache), rank_model_provider(args), {}
         mine, tables = governor.ledger, [ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)]
