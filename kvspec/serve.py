@@ -167,7 +167,10 @@ def _start_group(args, peers: Peers):
     plan = all_or_none(peers, rank_plan, args, peers.rank, peers.size, tuple(peers.gather(limit)))
     governor = all_or_none(peers, lambda: Governor(group_ledger(args, plan), args.queue_timeout))
     prompt_cache = all_or_none(peers, make_prompt_cache_for, args, plan, peers)
-    prompt_cache.join()                      # agreed ids, and the saved prompts every rank can load, loaded on every rank
+    prompt_cache.join()                      # agreed ids, the saved prompts every rank can load loaded on every rank, every rank's numbers
+    held, booked = [r["storage_nbytes"] for r in prompt_cache.ranks], [L.cache_nbytes for L in governor.ledger.ranks]
+    if held != booked:                       # the same gathered numbers on every rank: every rank stops here, or none
+        raise ServeError(f"the ranks' prompt caches hold {held} bytes of storage, their ledgers count {booked}: kvspec serve needs fixing")
     return plan, governor, prompt_cache
 
 def serve(args,        # options from `serve_parser`
