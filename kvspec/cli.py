@@ -251,7 +251,8 @@ def fit_command(args) -> int:
         raise KVSpecError("--rank-memory is each machine's memory in a group: give --pp (or --tp) too")
     if (args.tp, args.pp) != (1, 1): return fit_ranks_command(args)
     f = fit(args.model, memory=args.memory, context=args.context, batch=args.batch, kv_bits=args.kv_bits,
-            prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype)
+            prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype,
+            concurrency=args.concurrency if args.serve else None, cache_bytes=args.cache_bytes, prompt_concurrency=args.prompt_concurrency)
     print(json.dumps(f.to_dict(), indent=1) if args.json else repr(f))
     return 0
 
@@ -264,6 +265,11 @@ def add_fit_parser(sub):
     p.add_argument("--rank-memory", default=None,
                    help="with --pp/--tp: each machine's memory, rank 0 first (e.g. 192GiB,128GiB); with --pp, the pipeline split that "
                         "serves the longest context on them, beside mlx-lm's even split")
+    p.add_argument("--serve", action="store_true",
+                   help="also answer for `kvspec serve --memory`: how many requests of --context + --max-tokens run at once, and the longest single request")
+    p.add_argument("--cache-bytes", default="1GiB", help="with --serve: the server's prompt cache (default 1GiB, as kvspec serve)")
+    p.add_argument("--concurrency", type=count, default=1, help="with --serve: requests at once to check (default 1)")
+    p.add_argument("--prompt-concurrency", type=count, default=8, help="with --serve: prompts mlx-lm prefills together (default 8)")
     p.set_defaults(run=fit_command)
 
 # %% ../nbs/09_cli.ipynb #f17a0c12

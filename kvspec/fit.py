@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import mlx.core as mx
 from fastcore.basics import patch
@@ -22,7 +24,8 @@ from .weights import WeightsSpec, weights, weights_from_model
 # %% auto #0
 __all__ = ['APPLE_SILICON_GIB', 'REPORTED_WORKING_SET_GIB', 'RESERVE_MARGIN', 'MAX_FIT_BATCH', 'MAX_FIT_CONTEXT', 'MachineMemory',
            'machine_memory', 'default_working_set', 'apple_silicon_table', 'forward_reserve_nbytes', 'Fit',
-           'peak_total_nbytes', 'check_fit_args', 'fit_spec', 'fit', 'FitError', 'Guard', 'guard']
+           'peak_total_nbytes', 'check_fit_args', 'fit_spec', 'fit', 'RowCost', 'row_costs', 'Ledger', 'ServeFit',
+           'serve_fit', 'FitError', 'Guard', 'guard']
 
 # %% ../nbs/10_fit.ipynb #4935b3d8
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +116,7 @@ class Fit:
     max_batch: int          # largest batch that fits at `context_tokens`
     prompt_cache_bytes: int # left for mlx_lm.server's prompt cache
     notes: tuple[str, ...] = ()
+    serve: ServeFit | None = None   # with `fit(..., concurrency=N)`: what a `kvspec serve` holds
 
     @property
     def total_peak_nbytes(self) -> int:
@@ -175,22 +179,30 @@ def fit(model, # a preset name, config.json, model directory, config dict or hub
         prefill_step: int = 2048, # mlx_lm.generate's prefill_step_size
         max_tokens: int = 0, # tokens generated after the prompt
         dtype: str | None = None, # weights and activations (default: the config's torch_dtype)
+        concurrency: int | None = None, # requests at once in a `kvspec serve` (adds `Fit.serve`: the server's ledger asked)
+        cache_bytes: int | str = 0, # the server's --cache-bytes (with `concurrency`)
+        prompt_concurrency: int = 8, # the server's --prompt-concurrency (with `concurrency`)
        ) -> Fit:
-    "Whether the model, at this context and batch, fits in memory — and the longest context and largest batch that do."
+    "Whether the model, at this context and batch, fits in memory — and the longest context and largest batch that do (and, with `concurrency`, what a server holds)."
     check_fit_args(context, batch, prefill_step, max_tokens, kv_bits)   # bad numbers are refused before anything is built
+    if concurrency is not None: concurrency = check_int(concurrency, "concurrency", maximum=MAX_FIT_BATCH, error=KVSpecError)
+    cache = parse_bytes(cache_bytes) if cache_bytes else 0
     mem = machine_memory(memory)
     cfg, _ = load_config(model)
     source = cfg if isinstance(model, dict) else model
     w = weights(source, dtype=dtype)
     spec = from_config(source, dtype=dtype, kv_bits=kv_bits)
-    return fit_spec(cfg, spec, w, memory=mem, context=context, batch=batch, kv_bits=kv_bits, prefill_step=prefill_step,
-                    max_tokens=max_tokens)
+    f = fit_spec(cfg, spec, w, memory=mem, context=context, batch=batch, kv_bits=kv_bits, prefill_step=prefill_step, max_tokens=max_tokens)
+    if concurrency is None: return f
+    return dataclasses.replace(f, serve=serve_fit(cfg, spec, w.nbytes, memory=mem.nbytes, cache_bytes=cache, request_tokens=context + max_tokens,
+                                                  concurrency=concurrency, prefill_step=prefill_step, prompt_concurrency=prompt_concurrency))
 
 # %% ../nbs/10_fit.ipynb #3f723656
 @patch
 def to_dict(self: Fit) -> dict:
     "The fit as plain data, with the total and the verdict."
-    return {**dataclasses.asdict(self), "notes": list(self.notes), "total_peak_nbytes": self.total_peak_nbytes, "fits": self.fits}
+    serve = None if self.serve is None else {**dataclasses.asdict(self.serve), "fits": self.serve.fits}
+    return {**dataclasses.asdict(self), "notes": list(self.notes), "total_peak_nbytes": self.total_peak_nbytes, "fits": self.fits, "serve": serve}
 
 @patch
 def lines(self: Fit) -> list[str]:
@@ -204,13 +216,122 @@ def lines(self: Fit) -> list[str]:
             f"longest context at batch {b}: {self.max_context_tokens:,} tokens",
             f"largest batch at {self.context_tokens:,} tokens: {self.max_batch:,}",
             f"mlx_lm.server --prompt-cache-bytes {self.prompt_cache_bytes} --decode-concurrency {max(1, self.max_batch)}; "
-            f"mlx_lm.generate --max-kv-size {self.max_context_tokens}"]
+            f"mlx_lm.generate --max-kv-size {self.max_context_tokens}"] + (self.serve.lines() if self.serve is not None else [])
 
 @patch
 def __repr__(self: Fit) -> str: return "\n".join(self.lines())
 
 @patch
 def _repr_markdown_(self: Fit) -> str: return "\n".join(f"- {l}" if i else f"**{l}**" for i, l in enumerate(self.lines()))
+
+# %% ../nbs/10_fit.ipynb #a0000006
+@dataclass(frozen=True)
+class RowCost:
+    "What one request of some length costs while it runs."
+    kv_nbytes: int          # its KV cache at its peak
+    transient_nbytes: int   # its prefill's forward-pass transient
+
+def row_costs(spec: ModelCacheSpec, # the served model's caches
+              cfg: dict,            # its config (its sizes set the forward-pass transient)
+              prefill_step: int = 2048, # mlx-lm's --prefill-step-size
+             ) -> Callable[[int], RowCost]:
+    "A function from a request's tokens (prompt + max_tokens) to its `RowCost`, remembered per length."
+    @functools.lru_cache(maxsize=4096)
+    def cost(n: int) -> RowCost:
+        prompt = max(1, n - 1)          # the last token is generated: the cache's peak is the same for any split of n
+        return RowCost(spec.generate_nbytes(prompt, n - prompt, 1, prefill_step)[1], forward_reserve_nbytes(cfg, spec, n, 1, prefill_step))
+    return cost
+
+# %% ../nbs/10_fit.ipynb #a0000008
+@dataclass(frozen=True)
+class Ledger:
+    "Every byte the server holds: fixed lines, and what in-flight requests cost by their lengths."
+    limit_nbytes: int                    # the memory the server may use (--memory)
+    weights_nbytes: int                  # the loaded weights (kvspec.weights, exact)
+    cache_nbytes: int                    # the prompt cache's storage, allocated at start
+    mlx_cache_nbytes: int                # MLX's buffer cache, bounded with mx.set_cache_limit
+    disk_queue_nbytes: int               # saves waiting for the disk writer, at most
+    prompt_concurrency: int              # prompts mlx-lm prefills together (--prompt-concurrency)
+    cost: Callable[[int], RowCost] = field(repr=False, compare=False)   # a request's tokens → its cost
+
+    @property
+    def fixed_nbytes(self) -> int:
+        "The lines that do not depend on requests."
+        return self.weights_nbytes + self.cache_nbytes + self.mlx_cache_nbytes + self.disk_queue_nbytes
+
+    def need(self, lengths: list[int]) -> int:
+        "Bytes the server needs while requests of these lengths (prompt + max_tokens) run together."
+        if not lengths: return self.fixed_nbytes
+        c, n = self.cost(max(lengths)), len(lengths)
+        return self.fixed_nbytes + (n + 1) * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # + 1: a finished row's copy
+
+    def fits(self, lengths: list[int]) -> bool:
+        "Whether requests of these lengths fit together."
+        return self.need(lengths) <= self.limit_nbytes
+
+    def longest_alone(self, most: int = 1 << 24) -> int:
+        "The longest request (prompt + max_tokens) that fits with nothing else running; 0 if none does."
+        return largest_true(lambda n: self.fits([n]), most)
+
+    def concurrent(self, tokens: int) -> int:
+        "How many requests of `tokens` each fit at once."
+        return largest_true(lambda k: self.fits([tokens] * k), 1 << 16)
+
+    def report(self, longest: int, inflight: list[int]) -> dict:
+        "The lines `/kvspec/stats` shows: the fixed ones, the reserve for the longest request, what is reserved in flight."
+        return dict(memory_limit_nbytes=self.limit_nbytes, weights_nbytes=self.weights_nbytes, cache_budget_nbytes=self.cache_nbytes,
+                    mlx_cache_limit_nbytes=self.mlx_cache_nbytes, disk_queue_limit_nbytes=self.disk_queue_nbytes,
+                    reserve_nbytes=self.need([longest]) - self.fixed_nbytes if longest else 0,
+                    inflight_reserved_nbytes=self.need(inflight) - self.fixed_nbytes if inflight else 0)
+
+# %% ../nbs/10_fit.ipynb #f0000002
+@dataclass(frozen=True, kw_only=True)
+class ServeFit:
+    "Will `concurrency` requests of `request_tokens` run at once in a `kvspec serve` with this memory and prompt cache?"
+    memory_nbytes: int
+    weights_nbytes: int
+    cache_nbytes: int                  # --cache-bytes
+    mlx_cache_nbytes: int              # MLX's buffer cache bound
+    request_tokens: int                # prompt + max_tokens of each request
+    kv_nbytes: int                     # one request's KV at its peak
+    transient_nbytes: int              # one request's prefill transient
+    concurrency: int
+    need_nbytes: int                   # the ledger's total for `concurrency` of them
+    max_concurrency: int               # most of them at once
+    longest_request_tokens: int        # the longest single request (prompt + max_tokens)
+
+    @property
+    def fits(self) -> bool:
+        "Whether `concurrency` requests fit at once."
+        return self.need_nbytes <= self.memory_nbytes
+
+def serve_fit(cfg: dict, spec: ModelCacheSpec, weights_nbytes: int, # the model's config, caches and weights
+              *, memory: int, cache_bytes: int,   # --memory, --cache-bytes
+              request_tokens: int,                # prompt + max_tokens of each request
+              concurrency: int = 1,               # requests at once
+              prefill_step: int = 2048, prompt_concurrency: int = 8, # mlx-lm's --prefill-step-size, --prompt-concurrency
+              mlx_cache_bytes: int | None = None, # MLX's buffer cache bound (default: memory // 16, as kvspec serve)
+             ) -> ServeFit:
+    "The server's ledger asked about `concurrency` requests of `request_tokens`."
+    led = Ledger(limit_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes,
+                 mlx_cache_nbytes=memory // 16 if mlx_cache_bytes is None else mlx_cache_bytes, disk_queue_nbytes=0,
+                 prompt_concurrency=prompt_concurrency, cost=row_costs(spec, cfg, prefill_step))
+    c = led.cost(request_tokens)
+    return ServeFit(memory_nbytes=memory, weights_nbytes=weights_nbytes, cache_nbytes=cache_bytes, mlx_cache_nbytes=led.mlx_cache_nbytes,
+                    request_tokens=request_tokens, kv_nbytes=c.kv_nbytes, transient_nbytes=c.transient_nbytes, concurrency=concurrency,
+                    need_nbytes=led.need([request_tokens] * concurrency), max_concurrency=led.concurrent(request_tokens),
+                    longest_request_tokens=led.longest_alone())
+
+@patch
+def lines(self: ServeFit) -> list[str]:
+    "The server's answer, one line per question."
+    return [f"kvspec serve --memory {format_bytes(self.memory_nbytes)} --cache-bytes {format_bytes(self.cache_nbytes)}: "
+            f"{self.concurrency:,} request(s) of {self.request_tokens:,} tokens {'fit' if self.fits else 'do NOT fit'} at once "
+            f"({format_bytes(self.need_nbytes)}: {format_bytes(self.weights_nbytes)} weights + {format_bytes(self.cache_nbytes)} prompt cache + "
+            f"{format_bytes(self.mlx_cache_nbytes)} MLX buffer cache + per request {format_bytes(self.kv_nbytes)} KV and up to "
+            f"{format_bytes(self.transient_nbytes)} prefill transient)",
+            f"requests of {self.request_tokens:,} tokens at once: {self.max_concurrency:,}; the longest single request: "
+            f"{self.longest_request_tokens:,} tokens (prompt + max_tokens)"]
 
 # %% ../nbs/10_fit.ipynb #5df16f97
 class FitError(KVSpecError):

@@ -32,7 +32,7 @@ log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
 __all__ = ['log', 'PROMPT_CACHE_INTERFACE', 'RANK_NUMBERS', 'ServeError', 'prompt_cache_interface', 'server_cache_calls',
-           'cache_tokens', 'CachedPrompt', 'TypeBooks', 'PoolPromptCache', 'Lookup']
+           'cache_tokens', 'CachedPrompt', 'TypeBooks', 'default_disk_queue_nbytes', 'PoolPromptCache', 'Lookup']
 
 # %% ../nbs/12c_promptcache.ipynb #c13ad0e4
 class ServeError(KVSpecError, ValueError):
@@ -86,6 +86,10 @@ class TypeBooks:
     nbytes: int = 0
 
 # %% ../nbs/12c_promptcache.ipynb #b28dc127
+def default_disk_queue_nbytes(budget_nbytes: int) -> int:
+    "The disk writer's queue bound a prompt cache of `budget_nbytes` gets: a quarter of the budget, or twice a small one up to 32 MiB (a few prompts can wait)."
+    return max(budget_nbytes // 4, min(2 * budget_nbytes, 32 << 20))
+
 class PoolPromptCache:
     "mlx-lm's server prompt-cache interface over a kvspec `BlockPool`: an exact byte budget, shared prefix blocks, a disk tier; it never raises into mlx-lm."
     def __init__(self, spec: ModelCacheSpec,
@@ -96,7 +100,7 @@ class PoolPromptCache:
                  model_id: str = "",                   # names the weights: saved prompts of other weights are not loaded
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
-                 disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: budget_bytes // 4)
+                 disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: a quarter of budget_bytes, or twice it up to 32 MiB)
                  max_blocks: dict[str, int] | None = None, # per block group, most blocks (the counts every rank of a group holds)
                  peers: Peers | None = None,           # the ranks of a model split across machines: every decision agreed with them (call `join` next)
                 ):
@@ -131,7 +135,7 @@ class PoolPromptCache:
         if cache_dir is not None:
             self.disk = DiskTier(cache_dir, self.store, model_id, 4 * self.budget_nbytes if cache_dir_bytes is None
                                  else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes,
-                                 queue_nbytes=self.budget_nbytes // 4 if disk_queue_nbytes is None else disk_queue_nbytes)
+                                 queue_nbytes=default_disk_queue_nbytes(self.budget_nbytes) if disk_queue_nbytes is None else disk_queue_nbytes)
             if self.peers is None: self.load_dir()
             else: self._scanned = self.disk.scan()      # a directory this rank cannot use fails here; loading waits for `join`
 

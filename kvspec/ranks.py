@@ -12,10 +12,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .admission import GroupLedger, Ledger, ledger_lines, serve_ledger
+from .admission import GroupLedger, ledger_lines, serve_ledger
 from .fit import machine_memory
 from .pool import PoolError, plan_groups
-from .promptcache import ServeError
+from .promptcache import ServeError, default_disk_queue_nbytes
 from .shard import (RankSpec, ShardError, StandInGroup, check_pp_split, even_split, layer_costs, plan_split, rank_spec,
                           sharding_support)
 from .probe import weightless_model
@@ -65,7 +65,7 @@ class RankPlan:
 def _aside(args, limit: int) -> int:
     "Bytes the server keeps aside on a rank beside weights and requests: prompt cache, MLX's buffer cache bound, the disk writer's queue."
     mlx_cache = args.mlx_cache_bytes if args.mlx_cache_bytes is not None else limit // 16
-    return args.cache_bytes + mlx_cache + (args.cache_bytes // 4 if args.cache_dir is not None else 0)
+    return args.cache_bytes + mlx_cache + (default_disk_queue_nbytes(args.cache_bytes) if args.cache_dir is not None else 0)
 
 def _split(args, size: int, limits: tuple[int, ...]) -> tuple[tuple[int, ...], bool]:
     "The pipeline split the options ask for (checked) and whether it is mlx-lm's even one."
@@ -134,7 +134,7 @@ def group_ledger(args, # options from `kvspec.serve.serve_parser`
         groups = plan_groups(part.spec, args.cache_bytes, args.block_tokens, args.balance_tokens, max_blocks=plan.max_blocks)
         mlx_cache = args.mlx_cache_bytes if args.mlx_cache_bytes is not None else limit // 16
         L = serve_ledger(args.model, part.spec, limit, sum(g.num_blocks * g.block_bytes for g in groups), mlx_cache,
-                         args.cache_bytes // 4 if args.cache_dir is not None else 0, args.prefill_step_size, args.prompt_concurrency,
+                         default_disk_queue_nbytes(args.cache_bytes) if args.cache_dir is not None else 0, args.prefill_step_size, args.prompt_concurrency,
                          weights_nbytes=part.weights.nbytes)
         useful = args.balance_tokens + args.max_tokens
         if (need := L.need([useful])) > limit:

@@ -356,3 +356,52 @@ def test_evicted_conversation_comes_back_from_disk(models, tmp_path):
     assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] > cold["usage"]["prompt_tokens_details"]["cached_tokens"] + 100
     assert st["prefill_tokens"] < cold_st["prefill_tokens"] - 100 and st["disk_nbytes"] <= st["cache_dir_bytes"]
     assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
+
+
+def stream_request(port, body, timeout=120):
+    "A streamed chat completion read to its end: (status, Retry-After header, text or error body)."
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(dict(body, stream=True)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, None, r.read().decode()
+    except urllib.error.HTTPError as e: return e.code, e.headers.get("Retry-After"), json.loads(e.read() or b"{}")
+
+
+def test_memory_governor_under_overload(models, tmp_path):
+    "16 concurrent long requests against --memory that holds about 3 at once: MLX's peak never passes the limit, every request ends 200, 503 + Retry-After or 400, none hangs, and the server serves afterwards."
+    memory, timeout = 400 << 20, 2
+    with Server(models["llama"], "kvspec", "--cache-bytes", "4MiB", "--block-tokens", "16", "--memory", str(memory),
+                "--queue-timeout", str(timeout), log=tmp_path / "log.txt") as s:
+        st0 = s.stats()
+        assert st0["memory_limit_nbytes"] == memory and st0["weights_nbytes"] > 0, st0
+        peak_before = st0["mlx_peak_nbytes"]
+        code, out = post(s.port, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 10**6})
+        assert code == 400 and out["max_request_tokens"] < 10**6 and "at most" in out["error"], out   # never fits: refused at once,
+        assert s.stats()["mlx_peak_nbytes"] == peak_before                                          # nothing allocated for it
+        words = "memory blocks cache budget ledger queue rank token".split()
+        def ask(i):
+            text = " ".join(words[(i + j) % len(words)] for j in range(250 + 20 * i))   # ~900-2,300 tokens each (prefill dominates: ~3 fit)
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": 64, "temperature": 0}
+            t0 = time.monotonic()
+            if i % 2: code, retry, out = stream_request(s.port, body)
+            else:
+                code, out = post(s.port, "/v1/chat/completions", body); retry = None
+                if code == 503: retry = "present" if "retry_after_s" in out else None
+            samples.append(s.stats())
+            return code, retry, out, time.monotonic() - t0
+        samples = []
+        with ThreadPoolExecutor(16) as ex: results = list(ex.map(ask, range(16)))
+        codes = [c for c, *_ in results]
+        assert set(codes) <= {200, 503, 400}, codes
+        assert codes.count(200) >= 3, codes                                               # about 3 fit at once: those never wait
+        print(f"200: {codes.count(200)}, 503: {codes.count(503)}, most in flight at a sample: {max(x['inflight_requests'] for x in samples)}, "
+              f"MLX peak {max(x['mlx_peak_nbytes'] for x in samples):,} of {memory:,} bytes")
+        assert all(r for c, r, *_ in results if c == 503), results                     # every 503 says when to retry
+        assert max(t for *_, t in results) < timeout + 120, [round(t, 1) for *_, t in results]   # nothing hangs past its wait and its run
+        assert all(x["mlx_peak_nbytes"] <= memory for x in samples), max(x["mlx_peak_nbytes"] for x in samples)
+        assert max(x["inflight_requests"] for x in samples) <= 16
+        final = s.stats()
+        assert final["inflight_requests"] == 0 and final["queued_requests"] == 0, final
+        assert final["admitted_requests"] == codes.count(200), final
+        assert chat(s.port, [{"role": "user", "content": "Still there?"}], 4)["usage"]["completion_tokens"] >= 1
+        assert s.stats()["mlx_peak_nbytes"] <= memory
