@@ -17,10 +17,11 @@ from fastcore.basics import patch
 from .config import KVSpecError, check_int
 from .fit import Ledger, RowCost, row_costs
 from .spec import ModelCacheSpec
-from .units import format_bytes
+from .units import format_bytes, largest_true
 
 # %% auto #0
-__all__ = ['NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines', 'prompt_token_count', 'prompt_token_bound']
+__all__ = ['NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines', 'GroupLedger', 'prompt_token_count',
+           'prompt_token_bound']
 
 # %% ../nbs/12d_admission.ipynb #a0000016
 class NeverFits(KVSpecError):
@@ -55,7 +56,7 @@ class Governor:
 @patch
 def _room(self: Governor, ticket: int, tokens: int) -> bool:
     "Whether `ticket` is at the head of the queue and its tokens fit beside everything in flight."
-    return self.queue[0] == ticket and self.ledger.need([*self.inflight.values(), tokens]) <= self.ledger.limit_nbytes
+    return self.queue[0] == ticket and self.ledger.fits([*self.inflight.values(), tokens])
 
 @patch
 def admit(self: Governor, tokens: int,          # the request's prompt tokens plus its max_tokens
@@ -92,11 +93,8 @@ def release(self: Governor, ticket: int) -> None:
 def stats(self: Governor) -> dict:
     "The ledger's lines, what is in flight and waiting, and what was refused and why."
     with self._cond:
-        L, inflight = self.ledger, list(self.inflight.values())
-        return dict(memory_limit_nbytes=L.limit_nbytes, weights_nbytes=L.weights_nbytes, cache_budget_nbytes=L.cache_nbytes,
-                    mlx_cache_limit_nbytes=L.mlx_cache_nbytes, disk_queue_limit_nbytes=L.disk_queue_nbytes,
-                    reserve_nbytes=L.need([self.longest]) - L.fixed_nbytes, longest_request_tokens=self.longest,
-                    inflight_requests=len(inflight), inflight_reserved_nbytes=L.need(inflight) - L.fixed_nbytes if inflight else 0,
+        inflight = list(self.inflight.values())
+        return dict(**self.ledger.report(self.longest, inflight), longest_request_tokens=self.longest, inflight_requests=len(inflight),
                     queued_requests=len(self.queue), admitted_requests=self.counters["admitted"], waited_requests=self.counters["waited"],
                     refused_requests=dict(self.refused))
 
@@ -109,12 +107,13 @@ def serve_ledger(model: str,                  # the served model's directory (or
                  disk_queue_nbytes: int = 0,  # the disk writer's queue bound
                  prefill_step: int = 2048,    # --prefill-step-size
                  prompt_concurrency: int = 8, # --prompt-concurrency
+                 weights_nbytes: int | None = None, # the weights this process holds (default: the whole model's; one rank's: kvspec.shard.rank_spec)
                 ) -> Ledger:
     "The ledger of `kvspec serve` for this model and these options."
     from kvspec.config import load_config
     from kvspec.weights import weights
     cfg, _ = load_config(model)
-    return Ledger(limit_nbytes=memory_nbytes, weights_nbytes=weights(model).nbytes, cache_nbytes=cache_nbytes,
+    return Ledger(limit_nbytes=memory_nbytes, weights_nbytes=weights(model).nbytes if weights_nbytes is None else weights_nbytes, cache_nbytes=cache_nbytes,
                   mlx_cache_nbytes=mlx_cache_nbytes, disk_queue_nbytes=disk_queue_nbytes, prompt_concurrency=prompt_concurrency,
                   cost=row_costs(spec, cfg, prefill_step))
 
@@ -126,6 +125,35 @@ def ledger_lines(ledger: Ledger, tokens: int) -> list[str]:
             (f"a {tokens:,}-token request: forward-pass transient", c.transient_nbytes), ("memory limit", ledger.limit_nbytes)]
     return [f"{name:<48} {format_bytes(n):>12}" for name, n in rows] + [
         f"{'requests of ' + format(tokens, ',') + ' tokens at once':<48} {k:>12,}", f"{'longest single request (tokens)':<48} {ledger.longest_alone():>12,}"]
+
+# %% ../nbs/12d_admission.ipynb #a0000041
+@dataclass(frozen=True)
+class GroupLedger:
+    "The ledgers of a model split across machines, one per rank: requests fit the group when they fit on every rank."
+    ranks: tuple[Ledger, ...]   # in rank order
+
+    def fits(self, lengths: list[int]) -> bool:
+        "Whether requests of these lengths fit together on every rank."
+        return all(L.fits(lengths) for L in self.ranks)
+
+    def binding(self, lengths: list[int]) -> int:
+        "The rank with the least room left with requests of these lengths running."
+        room = [L.limit_nbytes - L.need(lengths) for L in self.ranks]
+        return room.index(min(room))
+
+    def longest_alone(self, most: int = 1 << 24) -> int:
+        "The longest request (prompt + max_tokens) that fits every rank with nothing else running; 0 if none does."
+        return largest_true(lambda n: self.fits([n]), most)
+
+    def concurrent(self, tokens: int) -> int:
+        "How many requests of `tokens` each fit every rank at once."
+        return largest_true(lambda k: self.fits([tokens] * k), 1 << 16)
+
+    def report(self, longest: int, inflight: list[int]) -> dict:
+        "The binding rank's lines (for what is in flight plus the longest request), which rank that is, and every rank's lines."
+        b = self.binding([*inflight, longest] if longest else inflight)
+        return dict(**self.ranks[b].report(longest, inflight), binding_rank=b,
+                    rank_ledgers=[dict(rank=r, **L.report(longest, inflight)) for r, L in enumerate(self.ranks)])
 
 # %% ../nbs/12d_admission.ipynb #fce11655
 def _chat_text(content) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Callable
 
 from . import __version__
@@ -21,15 +22,17 @@ from .plan import plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 from .units import format_bytes
 from .demo import DEMO_CONFIGS, demo_model
+from .peers import Peers
+from .ranks import parse_rank_bytes
 from .serve import add_serve_arguments, serve
-from .shard import format_group_report, group_fit, group_report
+from .shard import format_group_report, format_split_report, group_fit, group_report, split_report
 
 # %% auto #0
 __all__ = ['KV_BITS', 'SUBCOMMANDS', 'BUDGET_HELP', 'FIT_RANK_KEYS', 'count', 'model_options', 'ranks_command', 'subcommand',
            'cache_rows', 'cache_facts', 'inspect_report', 'header_lines', 'inspect_command', 'add_inspect_parser',
            'plan_command', 'add_plan_parser', 'presets_command', 'add_presets_parser', 'fit_command', 'add_fit_parser',
-           'fit_ranks_command', 'serve_command', 'add_serve_parser', 'demo_model_command', 'add_demo_model_parser',
-           'join_dash_values', 'build_parser', 'main']
+           'fit_split_command', 'fit_ranks_command', 'serve_command', 'add_serve_parser', 'demo_model_command',
+           'add_demo_model_parser', 'join_dash_values', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #18080a99
 def count(text: str, # the option's text
@@ -244,6 +247,8 @@ def add_presets_parser(sub):
 # %% ../nbs/09_cli.ipynb #f17a0c02
 def fit_command(args) -> int:
     "`kvspec fit`: weights + KV peak + reserve against the machine's memory (with `--tp`/`--pp`: per rank)."
+    if args.rank_memory is not None and (args.tp, args.pp) == (1, 1):
+        raise KVSpecError("--rank-memory is each machine's memory in a group: give --pp (or --tp) too")
     if (args.tp, args.pp) != (1, 1): return fit_ranks_command(args)
     f = fit(args.model, memory=args.memory, context=args.context, batch=args.batch, kv_bits=args.kv_bits,
             prefill_step=args.prefill_step, max_tokens=args.max_tokens, dtype=args.dtype,
@@ -257,6 +262,9 @@ def add_fit_parser(sub):
     p = sub.add_parser("fit", parents=[model_options(32768)], help="will the model, at this context, fit on this machine")
     p.add_argument("--memory", help="memory to plan against (default: this machine's), e.g. 16GiB or 64GB")
     p.add_argument("--max-tokens", type=count, default=0, help="tokens generated after the prompt (default 0)")
+    p.add_argument("--rank-memory", default=None,
+                   help="with --pp/--tp: each machine's memory, rank 0 first (e.g. 192GiB,128GiB); with --pp, the pipeline split that "
+                        "serves the longest context on them, beside mlx-lm's even split")
     p.add_argument("--serve", action="store_true",
                    help="also answer for `kvspec serve --memory`: how many requests of --context + --max-tokens run at once, and the longest single request")
     p.add_argument("--cache-bytes", default="1GiB", help="with --serve: the server's prompt cache (default 1GiB, as kvspec serve)")
@@ -268,9 +276,23 @@ def add_fit_parser(sub):
 FIT_RANK_KEYS = ("weights_nbytes", "kv_nbytes", "kv_peak_nbytes", "reserve_nbytes", "total_peak_nbytes", "memory_nbytes",
                  "fits", "max_context_tokens", "max_batch")
 
+def fit_split_command(args) -> int:
+    "`kvspec fit --pp M --rank-memory A,B,...`: kvspec's pipeline split for these machines beside mlx-lm's even one (`kvspec.shard.split_report`)."
+    if args.tp != 1: raise KVSpecError("--rank-memory with --pp plans a pipeline split: give --tp 1 (tensor-parallel groups of pipeline stages are not planned)")
+    mems = list(parse_rank_bytes(args.rank_memory))
+    if len(mems) == 1: mems *= args.pp
+    if len(mems) != args.pp: raise KVSpecError(f"--rank-memory lists {len(mems)} machines for --pp {args.pp}")
+    r = split_report(args.model, mems, context=check_int(args.context, "context"), batch=check_int(args.batch, "batch"),
+                     prefill_step=check_int(args.prefill_step, "prefill_step"), max_tokens=check_int(args.max_tokens, "max_tokens", minimum=0),
+                     dtype=args.dtype, kv_bits=args.kv_bits)
+    print(json.dumps(r, indent=1) if args.json else format_split_report(r))
+    return 0
+
 def fit_ranks_command(args) -> int:
     "`kvspec fit --tp N --pp M`: `kvspec.shard.group_fit`, one row per rank, the binding rank named."
-    g = group_fit(args.model, tp_size=args.tp, pp_size=args.pp, memory=machine_memory(args.memory).nbytes,
+    if args.rank_memory is not None and args.pp > 1: return fit_split_command(args)
+    memory = list(parse_rank_bytes(args.rank_memory)) if args.rank_memory is not None else machine_memory(args.memory).nbytes
+    g = group_fit(args.model, tp_size=args.tp, pp_size=args.pp, memory=memory,
                   context=args.context, batch=args.batch, kv_bits=args.kv_bits, prefill_step=args.prefill_step,
                   max_tokens=args.max_tokens, dtype=args.dtype)
     rows = [dict(rank=r, **{k: v for k, v in f.to_dict().items() if k in FIT_RANK_KEYS}) for r, f in enumerate(g["fits"])]
@@ -288,11 +310,14 @@ def fit_ranks_command(args) -> int:
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:
-    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0)."
+    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0); under mlx.launch a start-up error is printed by rank 0 only."
     import logging
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
     try: serve(args)
     except KeyboardInterrupt: pass
+    except KVSpecError:
+        if Peers().rank == 0: raise          # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it,
+        time.sleep(2); return 2              # and exits first (mlx.launch then stops the others), so its message is never cut short
     return 0
 
 @subcommand
@@ -309,7 +334,7 @@ def demo_model_command(args) -> int:
 
 @subcommand
 def add_demo_model_parser(sub):
-    "Register `kvspec demo-model DIR [--arch llama|gemma3_text|qwen3_next] [--seed N]`."
+    "Register `kvspec demo-model DIR [--arch llama|gemma3_text|qwen3_next|qwen2] [--seed N]`."
     p = sub.add_parser("demo-model", help="write a small random-weight model (gibberish output, real caches) to serve offline")
     p.add_argument("dir", help="directory to write (new, empty, or a previous demo model)")
     p.add_argument("--arch", choices=list(DEMO_CONFIGS), default="llama")

@@ -33,6 +33,7 @@ DEMO_CONFIGS = {
                        linear_conv_kernel_dim=4, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
                        moe_intermediate_size=32, shared_expert_intermediate_size=32, mlp_only_layers=[],
                        partial_rotary_factor=0.25, norm_topk_prob=True),
+    "qwen2": dict(_BASE, model_type="qwen2", num_hidden_layers=4),
 }
 
 # %% ../nbs/13_demo.ipynb #e8bb592e
@@ -67,7 +68,7 @@ def demo_config(arch: str = "llama",   # one of DEMO_CONFIGS
 
 # %% ../nbs/13_demo.ipynb #b263a72b
 def demo_model(path,                  # directory to write (created; must be new, empty, or a previous demo model)
-               arch: str = "llama",   # llama (full attention), gemma3_text (sliding window), qwen3_next (recurrent hybrid)
+               arch: str = "llama",   # llama (full attention), gemma3_text (sliding window), qwen3_next (recurrent hybrid), qwen2 (full attention, can be pipelined)
                seed: int = 0,         # weights are drawn with mx.random under this seed: same seed, same files
                overrides: dict | None = None, # config fields to change, e.g. {"head_dim": 64}: mlx quantizes K/V (--kv-bits) in groups of 32 or more
               ) -> Path:

@@ -24,12 +24,12 @@ from fastcore.basics import patch
 from .config import KVSpecError
 from .pool import PoolExhausted
 from .prefix import PrefixIndex
-from .store import CacheWriteError, CorruptCacheFile, PoolStore, SpecMismatch, cache_path, write_snapshot
+from .store import CacheWriteError, CorruptCacheFile, PoolStore, SavedCaches, SpecMismatch, cache_path, write_snapshot
 
 log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
-__all__ = ['log', 'DISK_COUNTERS', 'SavedPrompt', 'tokens_sha256', 'write_atomic', 'DiskTier']
+__all__ = ['log', 'DISK_COUNTERS', 'SavedPrompt', 'tokens_sha256', 'write_atomic', 'DiskTier', 'ReadPrompt']
 
 # %% ../nbs/12b_disk.ipynb #d0000006
 @dataclass
@@ -221,25 +221,46 @@ def touch(self: DiskTier, seq: str) -> None:
         if seq in self.saved: self.saved.move_to_end(seq)
 
 # %% ../nbs/12b_disk.ipynb #d0000020
+@dataclass(frozen=True)
+class ReadPrompt:
+    "A saved prompt read from its files and checked, ready to `put` into the pool."
+    seq: str
+    prompt: SavedPrompt       # its books at the time it was read
+    caches: SavedCaches       # what the store restores
+
+@patch
+def skip(self: DiskTier, seq: str, why) -> None:
+    "Unbook saved prompt `seq` as unusable (logged and counted; its files are left on disk)."
+    log.warning("cache dir %s: skipping %s: %s (left on disk)", self.directory, seq, why)
+    with self.lock:
+        self.counters["skipped_files"] += 1
+        if (d := self.saved.pop(seq, None)) is not None: self.nbytes -= d.nbytes   # no longer ours to count or prune
+        self.index.remove(seq)
+
+@patch
+def read(self: DiskTier, seq: str) -> ReadPrompt | None:
+    "Read and check saved prompt `seq`'s files, the pool untouched; None if it is not saved here or its files are bad (skipped)."
+    with self.lock: d = self.saved.get(seq)
+    if d is None: return None
+    try: caches = self.store.read(self.directory, seq, tokens=list(d.key), expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key)))
+    except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
+        self.skip(seq, err); return None
+    return ReadPrompt(seq, d, caches)
+
+@patch
+def put(self: DiskTier, got: ReadPrompt) -> SavedPrompt:
+    "Restore a prompt `read` gave into the pool (PoolExhausted if it needs room, the pool as it was); its books."
+    self.store.put(got.caches)
+    with self.lock:
+        self.index.remove(got.seq); self.in_memory.add(got.seq)
+        if got.seq in self.saved: self.saved.move_to_end(got.seq)
+    return got.prompt
+
 @patch
 def load(self: DiskTier, seq: str) -> SavedPrompt | None:
     "Load saved prompt `seq` into the pool (PoolExhausted if it needs room); None if its files are bad (logged, skipped, left on disk)."
-    with self.lock: d = self.saved.get(seq)
-    if d is None: return None
-    try:
-        self.store.load(self.directory, seq, tokens=list(d.key), expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key)))
-    except PoolExhausted: raise
-    except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("cache dir %s: skipping %s: %s (left on disk)", self.directory, seq, err)
-        with self.lock:
-            self.counters["skipped_files"] += 1
-            if (d := self.saved.pop(seq, None)) is not None: self.nbytes -= d.nbytes   # no longer ours to count or prune
-            self.index.remove(seq)
-        return None
-    with self.lock:
-        self.index.remove(seq); self.in_memory.add(seq)
-        if seq in self.saved: self.saved.move_to_end(seq)
-    return d
+    got = self.read(seq)
+    return None if got is None else self.put(got)
 
 # %% ../nbs/12b_disk.ipynb #d0000022
 @patch

@@ -134,13 +134,24 @@ class Ledger:
         c, n = self.cost(max(lengths)), len(lengths)
         return self.fixed_nbytes + (n + 1) * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # + 1: a finished row's copy
 
+    def fits(self, lengths: list[int]) -> bool:
+        "Whether requests of these lengths fit together."
+        return self.need(lengths) <= self.limit_nbytes
+
     def longest_alone(self, most: int = 1 << 24) -> int:
         "The longest request (prompt + max_tokens) that fits with nothing else running; 0 if none does."
-        return largest_true(lambda n: self.need([n]) <= self.limit_nbytes, most)
+        return largest_true(lambda n: self.fits([n]), most)
 
     def concurrent(self, tokens: int) -> int:
         "How many requests of `tokens` each fit at once."
-        return largest_true(lambda k: self.need([tokens] * k) <= self.limit_nbytes, 1 << 16)
+        return largest_true(lambda k: self.fits([tokens] * k), 1 << 16)
+
+    def report(self, longest: int, inflight: list[int]) -> dict:
+        "The lines `/kvspec/stats` shows: the fixed ones, the reserve for the longest request, what is reserved in flight."
+        return dict(memory_limit_nbytes=self.limit_nbytes, weights_nbytes=self.weights_nbytes, cache_budget_nbytes=self.cache_nbytes,
+                    mlx_cache_limit_nbytes=self.mlx_cache_nbytes, disk_queue_limit_nbytes=self.disk_queue_nbytes,
+                    reserve_nbytes=self.need([longest]) - self.fixed_nbytes if longest else 0,
+                    inflight_reserved_nbytes=self.need(inflight) - self.fixed_nbytes if inflight else 0)
 
 # %% ../nbs/10_fit.ipynb #f0000002
 @dataclass(frozen=True, kw_only=True)

@@ -87,8 +87,9 @@ def plan_groups(spec: ModelCacheSpec, # the model's caches
                 block_tokens: int = 256, # token slots per block
                 context_tokens: int = 32768, # context the default split is balanced for
                 split: dict[str, float] | None = None, # group name → share of the budget
+                max_blocks: dict[str, int] | None = None, # group name → most blocks it gets (what every rank of a group agrees on)
                ) -> tuple[BlockGroup, ...]:
-    "Block groups of a spec, each given its share of `budget_bytes`; every group gets at least one block or this raises."
+    "Block groups of a spec, each given its share of `budget_bytes` (at most `max_blocks`); every group gets at least one block or this raises."
     leaves, by_rule = spec.leaves(), {}
     for i, c in enumerate(leaves):
         if (r := rule_for(c)) is not None: by_rule.setdefault(r, []).append(i)
@@ -98,8 +99,12 @@ def plan_groups(spec: ModelCacheSpec, # the model's caches
         need = {r.name: r.max_blocks(context_tokens, block_tokens) * block_bytes[r] for r in by_rule}
         total = sum(need.values()); split = {n: v / total for n, v in need.items()}
     else: _check_split(split, names)
-    out = tuple(BlockGroup(rule=r, leaves=tuple(idx), block_bytes=block_bytes[r],
-                           num_blocks=_share_bytes(budget_bytes, split[r.name]) // block_bytes[r]) for r, idx in by_rule.items())
+    if max_blocks is not None:
+        if not isinstance(max_blocks, dict) or set(max_blocks) != set(names):
+            raise PoolError(f"max_blocks must name exactly the groups {names}, got {list(max_blocks) if isinstance(max_blocks, dict) else max_blocks!r}")
+        for n, v in max_blocks.items(): check_int(v, f"max_blocks[{n!r}]", error=PoolError)
+    def blocks(r): n = _share_bytes(budget_bytes, split[r.name]) // block_bytes[r]; return n if max_blocks is None else min(n, max_blocks[r.name])
+    out = tuple(BlockGroup(rule=r, leaves=tuple(idx), block_bytes=block_bytes[r], num_blocks=blocks(r)) for r, idx in by_rule.items())
     for g in out:
         if g.num_blocks == 0:
             raise PoolError(f"block group {g.name!r} gets 0 blocks: its share {split[g.name]:.3g} of {budget_bytes} bytes is less "
@@ -241,11 +246,12 @@ class BlockPool:
                  block_tokens: int = 256,         # token slots per block (mlx-lm's KVCache step)
                  context_tokens: int = 32768,     # context the default split is balanced for
                  split: dict[str, float] | None = None, # group name → share of the budget
+                 max_blocks: dict[str, int] | None = None, # group name → most blocks (the counts the ranks of a group agree on)
                 ):
         budget_bytes, block_tokens, context_tokens = (check_int(v, name, error=PoolError) for v, name in
             ((budget_bytes, "budget_bytes"), (block_tokens, "block_tokens"), (context_tokens, "context_tokens")))
         self.spec, self.block_tokens = spec, block_tokens
-        self.groups = plan_groups(spec, budget_bytes, block_tokens, context_tokens, split)
+        self.groups = plan_groups(spec, budget_bytes, block_tokens, context_tokens, split, max_blocks)
         for g in self.groups:
             if g.num_blocks > MAX_BLOCKS:
                 raise PoolError(f"block group {g.name!r} would get {g.num_blocks} blocks, more than the {MAX_BLOCKS} a pool keeps books "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import inspect
 import logging
 import threading
@@ -20,7 +21,8 @@ from fastcore.basics import patch
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
 from .config import KVSpecError, check_int
-from .disk import DISK_COUNTERS, DiskTier
+from .disk import DISK_COUNTERS, DiskTier, ReadPrompt
+from .peers import Peers
 from .pool import BlockPool, PoolExhausted, TokenIds
 from .prefix import PrefixIndex, common_prefix
 from .spec import ModelCacheSpec
@@ -29,8 +31,8 @@ from .store import PoolStore
 log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
-__all__ = ['log', 'PROMPT_CACHE_INTERFACE', 'ServeError', 'prompt_cache_interface', 'server_cache_calls', 'cache_tokens',
-           'CachedPrompt', 'TypeBooks', 'PoolPromptCache']
+__all__ = ['log', 'PROMPT_CACHE_INTERFACE', 'RANK_NUMBERS', 'ServeError', 'prompt_cache_interface', 'server_cache_calls',
+           'cache_tokens', 'CachedPrompt', 'TypeBooks', 'default_disk_queue_nbytes', 'PoolPromptCache', 'Lookup']
 
 # %% ../nbs/12c_promptcache.ipynb #c13ad0e4
 class ServeError(KVSpecError, ValueError):
@@ -84,6 +86,10 @@ class TypeBooks:
     nbytes: int = 0
 
 # %% ../nbs/12c_promptcache.ipynb #b28dc127
+def default_disk_queue_nbytes(budget_nbytes: int) -> int:
+    "The disk writer's queue bound a prompt cache of `budget_nbytes` gets: a quarter of the budget, or twice a small one up to 32 MiB (a few prompts can wait)."
+    return max(budget_nbytes // 4, min(2 * budget_nbytes, 32 << 20))
+
 class PoolPromptCache:
     "mlx-lm's server prompt-cache interface over a kvspec `BlockPool`: an exact byte budget, shared prefix blocks, a disk tier; it never raises into mlx-lm."
     def __init__(self, spec: ModelCacheSpec,
@@ -95,10 +101,12 @@ class PoolPromptCache:
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
                  disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: a quarter of budget_bytes, or twice it up to 32 MiB)
+                 max_blocks: dict[str, int] | None = None, # per block group, most blocks (the counts every rank of a group holds)
+                 peers: Peers | None = None,           # the ranks of a model split across machines: every decision agreed with them (call `join` next)
                 ):
         self.budget_nbytes = check_int(budget_bytes, "budget_bytes", error=ServeError)
         self.pool = BlockPool(spec, self.budget_nbytes, check_int(block_tokens, "block_tokens", error=ServeError),
-                              context_tokens=check_int(context_tokens, "context_tokens", error=ServeError))
+                              context_tokens=check_int(context_tokens, "context_tokens", error=ServeError), max_blocks=max_blocks)
         self.store = PoolStore(self.pool)
         self.max_entries = None if max_entries is None else check_int(max_entries, "max_entries", error=ServeError)
         self.model_id, self.model_key = model_id, None
@@ -116,20 +124,29 @@ class PoolPromptCache:
         self._shared = [0] * len(self.pool.groups)              # per group: blocks more than one cached prompt holds
         self._hashed: tuple[tuple, list[bytes]] = ((), [])      # the last prompt fetched and its digests: an insert of it reuses them
         self.lock = threading.RLock()                  # the generation thread changes it, /kvspec/stats reads it
+        self.peers = peers if peers is not None and peers.size > 1 else None   # alone: no collective is ever called
+        self.ranks: list[dict] = []                    # each rank's numbers as of the last call every rank made (a group's only)
         self._run, self._made = uuid.uuid4().hex[:8], 0   # new_seq: this run's prefix, prompts made so far
         self.counters = dict(prefix_hit_tokens=0, prefill_tokens=0, evictions=0, inserts=0, inserted_partly=0, lookups=0, loaded=0,
                              insert_refused=0, superseded=0, disk_hits=0, disk_hit_tokens=0, insert_unquantized=0,
-                             fetch_failed=0, insert_failed=0, trim_failed=0)
+                             fetch_failed=0, insert_failed=0, trim_failed=0, rank_disagreements=0)
         self._logged: set[tuple[str, str]] = set()     # (call, error type) already logged
         self.disk = None
         if cache_dir is not None:
             self.disk = DiskTier(cache_dir, self.store, model_id, 4 * self.budget_nbytes if cache_dir_bytes is None
                                  else check_int(cache_dir_bytes, "cache_dir_bytes", error=ServeError), self.pool.hashes,
-                                 queue_nbytes=disk_queue_nbytes if disk_queue_nbytes is not None else   # a quarter of the budget, or twice
-                                 max(self.budget_nbytes // 4, min(2 * self.budget_nbytes, 32 << 20)))    # a small one: a few prompts can wait
-            self.load_dir()
+                                 queue_nbytes=default_disk_queue_nbytes(self.budget_nbytes) if disk_queue_nbytes is None else disk_queue_nbytes)
+            if self.peers is None: self.load_dir()
+            else: self._scanned = self.disk.scan()      # a directory this rank cannot use fails here; loading waits for `join`
 
     def __len__(self): return len(self.entries)
+
+    def join(self) -> None:
+        "With peers: agree with every rank on the ids of new prompts and load the saved prompts together. A collective: every rank calls it once, after every rank built its cache."
+        if self.peers is None: return
+        self._run = self.peers.share(self._run)        # the same ids on every rank, so their files pair up
+        if self.disk is not None: self.load_dir(self._scanned)
+        self._gather_ranks("fetch")                    # every rank's numbers from the start, for /kvspec/stats
 
     def new_seq(self) -> str:
         "A new cached prompt's id, unique across restarts sharing a cache_dir (and its file name there)."
@@ -204,28 +221,59 @@ def _failed(self: PoolPromptCache, call: str, err: BaseException) -> None:
                   call, type(err).__name__, err, exc_info=err)
 
 # %% ../nbs/12c_promptcache.ipynb #8283e9de
+@dataclass
+class Lookup:
+    "What a fetch found in this rank's books, before anything changed: the prompt, its digests, the best cached prefix, a saved one read from disk."
+    toks: TokenIds
+    hashes: list[bytes]
+    ds: list[bytes]                              # the index's digests: [b""] + hashes
+    limit: int                                   # most tokens a hit may cover (mlx-lm runs at least the last one)
+    best: int                                    # tokens the cached prompt `seq` shares with the prompt
+    seq: str | None
+    hit: int                                     # tokens the pool's shared blocks cover
+    saved: str | None = None                     # a saved prompt on disk giving a block more than memory
+    saved_tokens: int = 0                        # tokens it shares with the prompt
+    read: ReadPrompt | None = None               # its files, read and checked (None: not read, or bad)
+
 @patch
 def fetch_nearest_cache(self: PoolPromptCache, model, # the server's model key
                         tokens: list[int]):            # the prompt's token ids
     "(caches, tokens still to run): the longest cached prefix of `tokens` as fresh mlx-lm caches (None, tokens if nothing). Never raises."
-    try:
-        with self.lock: return self._fetch(model, tokens)
-    except Exception as e:
-        self._failed("fetch", e)
-        return None, tokens
+    found = self._guarded("fetch", self._look, model, tokens)
+    if self.peers is not None and self.disk is not None: found = self._agree_disk(found)   # every rank calls it, whatever it found
+    out = self._guarded("fetch", self._take, found, tokens) if found is not None else None
+    if self.peers is not None: out = self._agree_hit(out, tokens)
+    return (None, tokens) if out is None else out
 
 @patch
-def _fetch(self: PoolPromptCache, model, tokens):
+def _guarded(self: PoolPromptCache, call: str, fn, *args):
+    "`fn(*args)` under the lock; None (counted and logged once) if it raised."
+    try:
+        with self.lock: return fn(*args)
+    except Exception as e:
+        self._failed(call, e); return None
+
+@patch
+def _look(self: PoolPromptCache, model, tokens) -> Lookup | None:
+    "The fetch's look through this rank's books and disk (None: nothing to look for); nothing changes but the counters."
     self.counters["lookups"] += 1
     toks = TokenIds(tokens)                                   # mlx-lm's tokenizer's ids: not checked again (a bad one fails the hashing, caught)
     if not self.owns(model) or len(toks) < 2:
-        self.counters["prefill_tokens"] += len(toks); return None, tokens
+        self.counters["prefill_tokens"] += len(toks); return None
     hashes = self.pool.hashes(toks); ds = [b""] + hashes; self._hashed = (toks, hashes)
     limit = len(toks) - 1                                     # mlx-lm runs at least the last token
     best, seq = self.index.longest(toks, limit, partial=self.trimmable, ds=ds)
     hit = self.pool.prefix_tokens(TokenIds(toks[:limit]), hashes=hashes)   # or blocks any cached prompt shares
-    disk = self.disk is not None and (got := self._from_disk(toks, limit, max(best, hit), ds)) is not None
-    if disk: best, seq = got
+    look = Lookup(toks, hashes, ds, limit, best, seq, hit)
+    if self.disk is not None: self._read_disk(look)
+    return look
+
+@patch
+def _take(self: PoolPromptCache, look: Lookup, tokens):
+    "The fetch's answer from what it found: a saved prompt put into the pool, the caches of the best prefix; (caches, rest) or None."
+    toks, limit, hashes, best, seq, hit = look.toks, look.limit, look.hashes, look.best, look.seq, look.hit
+    disk = look.read is not None and self._put_saved(look.read)
+    if disk: best, seq = look.saved_tokens, look.saved
     caches, key = None, self.keys.get(seq)
     if key is not None and best > hit:
         caches = self.store.caches(seq)
@@ -239,7 +287,7 @@ def _fetch(self: PoolPromptCache, model, tokens):
     if caches is None:
         best, caches = self.store.prefix_caches(TokenIds(toks[:limit]), hashes=hashes)
     if caches is None:
-        self.counters["prefill_tokens"] += len(toks); return None, tokens
+        self.counters["prefill_tokens"] += len(toks); return None
     self.counters["prefix_hit_tokens"] += best; self.counters["prefill_tokens"] += len(toks) - best
     if disk: self.counters["disk_hits"] += 1; self.counters["disk_hit_tokens"] += best
     while len(self.continued) > 64: self.continued.pop(next(iter(self.continued)))
@@ -247,32 +295,44 @@ def _fetch(self: PoolPromptCache, model, tokens):
 
 # %% ../nbs/12c_promptcache.ipynb #c3b1aa10
 @patch
-def _from_disk(self: PoolPromptCache, toks: tuple, limit: int, have: int, ds: list[bytes]) -> tuple[int, str] | None:
-    "(tokens shared, seq) of the saved prompt sharing the longest prefix of `toks`, loaded into the pool, if it gives at least a block more than memory."
-    c, seq = self.disk.index.longest(toks, limit, partial=self.trimmable, ds=ds)
-    if seq is None or c < have + self.pool.block_tokens or not self._load_saved(seq): return None
-    return c, seq
+def _read_disk(self: PoolPromptCache, look: Lookup) -> None:
+    "Find the saved prompt sharing the longest prefix, if it gives at least a block more than memory, and read its files (into `look`)."
+    c, seq = self.disk.index.longest(look.toks, look.limit, partial=self.trimmable, ds=look.ds)
+    if seq is None or c < max(look.best, look.hit) + self.pool.block_tokens: return
+    look.saved, look.saved_tokens, look.read = seq, c, self.disk.read(seq)
+
+@patch
+def _put_saved(self: PoolPromptCache, got: ReadPrompt, evict: bool = True) -> bool:
+    "Put a saved prompt read from disk into the pool as the most recently used cached prompt (evicting for room unless `evict` is False)."
+    while True:
+        try: d = self.disk.put(got)
+        except PoolExhausted:
+            if not evict or not self.entries: return False
+            self.evict_one(); continue
+        if d.key in self.entries:
+            self.pool.free(got.seq); return False
+        self.remember(d.key, got.seq, d.cache_type)
+        return True
 
 @patch
 def _load_saved(self: PoolPromptCache, seq: str, evict: bool = True) -> bool:
     "Bring saved prompt `seq` into the pool as the most recently used cached prompt (evicting for room unless `evict` is False)."
-    while True:
-        try: d = self.disk.load(seq)
-        except PoolExhausted:
-            if not evict or not self.entries: return False
-            self.evict_one(); continue
-        if d is None or d.key in self.entries:
-            if d is not None: self.pool.free(seq)
-            return False
-        self.remember(d.key, seq, d.cache_type)
-        return True
+    got = self.disk.read(seq)
+    return got is not None and self._put_saved(got, evict)
 
 # %% ../nbs/12c_promptcache.ipynb #431863cf
 @patch
-def load_dir(self: PoolPromptCache):
+def load_dir(self: PoolPromptCache, seqs: list[str] | None = None): # the directory's saved prompts, newest first (default: scan it now)
     "Book the saved prompts of the cache directory and load the newest into the pool as the budget allows (anything bad is logged and skipped, kept on disk)."
-    for seq in self.disk.scan():
-        if self.pool.fits_ever(len(self.disk.saved[seq].key)) and self._load_saved(seq, evict=False): self.counters["loaded"] += 1
+    seqs = self.disk.scan() if seqs is None else seqs
+    if self.peers is not None: seqs = self.peers.share(seqs)      # rank 0's, newest first: every rank goes through the same list
+    for seq in seqs:
+        d = self.disk.saved.get(seq)
+        got = self.disk.read(seq) if d is not None and self.pool.fits_ever(len(d.key)) else None
+        if self.peers is not None and not self._agree_saved(seq, got): continue
+        try: ok = got is not None and self._put_saved(got, evict=False)
+        except Exception as e: self._failed("fetch", e); ok = False   # never raised between two collectives
+        if ok: self.counters["loaded"] += 1
     self.entries = dict(reversed(self.entries.items()))   # least recently used first again
 
 # %% ../nbs/12c_promptcache.ipynb #49fde044
@@ -285,6 +345,7 @@ def insert_cache(self: PoolPromptCache, model,   # the server's model key
     try:
         with self.lock: self._insert(model, tokens, prompt_cache, cache_type)
     except Exception as e: self._failed("insert", e)
+    if self.peers is not None: self._gather_ranks()        # every rank inserts the same prompt here: each one's numbers, for /kvspec/stats
 
 @patch
 def _hashes(self: PoolPromptCache, key: tuple) -> list[bytes]:
@@ -361,8 +422,9 @@ def trim_to(self: PoolPromptCache, *, n_sequences: int | None = None, # most cac
     try:
         with self.lock:
             while self.entries and n_sequences is not None and len(self.entries) > max(0, n_sequences): self.evict_one()
-            while self.entries and n_bytes is not None and self.held_nbytes() > max(0, n_bytes): self.evict_one()
+            while self.peers is None and self.entries and n_bytes is not None and self.held_nbytes() > max(0, n_bytes): self.evict_one()
     except Exception as e: self._failed("trim", e)
+    if self.peers is not None and n_bytes is not None: self._trim_agreed(n_bytes)
 
 @patch
 def stats_by_type(self: PoolPromptCache) -> dict:
@@ -386,4 +448,86 @@ def stats(self: PoolPromptCache) -> dict:
         return dict(budget_nbytes=self.budget_nbytes, storage_nbytes=total("budget_nbytes"), cache_nbytes=total("cache_nbytes"),
                     held_nbytes=self.held_nbytes(), blocks_total=total("blocks_total"), blocks_used=total("blocks_used"),
                     blocks_shared=total("blocks_shared"), block_tokens=self.pool.block_tokens, max_entries=self.max_entries,
-                    entries=len(self.entries), **self.counters, **disk, sharing=self.pool.sharing(), groups=groups)
+                    entries=len(self.entries), **self.counters, **disk, sharing=self.pool.sharing(), groups=groups,
+                    **({} if self.peers is None else dict(rank=self.peers.rank, ranks=list(self.ranks))))
+
+# %% ../nbs/12c_promptcache.ipynb #c4000002
+RANK_NUMBERS = ("held_nbytes", "cache_nbytes", "storage_nbytes", "entries", "prefix_hit_tokens", "prefill_tokens", "lookups", "inserts",
+                "evictions", "loaded", "disk_hits", "skipped_files", "rank_disagreements", "mlx_active_nbytes", "mlx_peak_nbytes", "mlx_cache_nbytes")
+
+def _digest64(data: bytes) -> int:
+    "A signed 64-bit digest: what an int64 collective carries."
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+@patch
+def _rank_row(self: PoolPromptCache) -> list[int]:
+    "This rank's numbers (`RANK_NUMBERS`, then each block group's blocks in use)."
+    with self.lock:
+        occ = self.pool.occupancy()
+        n = dict(self.counters, held_nbytes=self.held_nbytes(), cache_nbytes=self.nbytes, entries=len(self.entries),
+                 storage_nbytes=sum(g.num_blocks * g.block_bytes for g in self.pool.groups),
+                 skipped_files=self.disk.counters["skipped_files"] if self.disk is not None else 0,
+                 mlx_active_nbytes=mx.get_active_memory(), mlx_peak_nbytes=mx.get_peak_memory(), mlx_cache_nbytes=mx.get_cache_memory())
+        return [n[k] for k in RANK_NUMBERS] + [u for u, _ in occ]
+
+@patch
+def _gather_ranks(self: PoolPromptCache, call: str = "insert", head: list[int] = ()) -> list[list[int]]:
+    "A collective: every rank's `head` (returned, in rank order) and numbers (kept in `ranks`)."
+    try: row = self._rank_row()
+    except Exception as e: self._failed(call, e); row = [0] * (len(RANK_NUMBERS) + len(self.pool.groups))
+    rows, h, k = self.peers.gather_ints([*head, *row]), len(head), len(RANK_NUMBERS)
+    self.ranks = [dict(rank=r, **dict(zip(RANK_NUMBERS, x[h:h + k])), blocks_used=x[h + k:]) for r, x in enumerate(rows)]
+    return [x[:h] for x in rows]
+
+@patch
+def _disagreed(self: PoolPromptCache, what: str, heads: list) -> None:
+    "Count a disagreement between ranks, and log the first of each kind."
+    self.counters["rank_disagreements"] += 1
+    if ("ranks", what) not in self._logged:
+        self._logged.add(("ranks", what))
+        log.error("the ranks disagree on %s (per rank: %s): every rank goes on without it; later disagreements are only counted", what, heads)
+
+# %% ../nbs/12c_promptcache.ipynb #c4000003
+@patch
+def _agree_hit(self: PoolPromptCache, out, tokens):
+    "A collective ending every fetch: this rank's answer if every rank found the same number of cached tokens, else no hit."
+    best = len(tokens) - len(out[1]) if out is not None else 0
+    heads = self._gather_ranks("fetch", [int(out is not None), best])
+    if all(h == heads[0] for h in heads): return out
+    if out is not None: self.counters["prefix_hit_tokens"] -= best; self.counters["prefill_tokens"] += best
+    self._disagreed("a prompt's cached prefix", [h[1] for h in heads])
+    return None
+
+@patch
+def _agree_disk(self: PoolPromptCache, look: Lookup | None) -> Lookup | None:
+    "A collective: keep the saved prompt this fetch read only if every rank read the same one; one any rank could not read is skipped by all."
+    seq = look.saved if look is not None else None
+    row = [look.saved_tokens, _digest64(seq.encode()), int(look.read is not None)] if seq is not None else [-1, 0, 0]
+    rows = self.peers.gather_ints(row)
+    if seq is None or (all(r == rows[0] for r in rows) and rows[0][2] == 1): return look
+    if all(r[:2] == rows[0][:2] for r in rows) and look.read is not None:   # the same prompt, unreadable on another rank
+        self.disk.skip(seq, "another rank of the group cannot load it")
+    look.read = None
+    return look
+
+@patch
+def _agree_saved(self: PoolPromptCache, seq: str, got: ReadPrompt | None) -> bool:
+    "A collective at start: whether every rank read saved prompt `seq` (the same tokens); if not, the ranks that did skip it too."
+    mine = [1, _digest64(repr(got.prompt.key).encode())] if got is not None else [0, 0]
+    rows = self.peers.gather_ints(mine)
+    if rows[0][0] == 1 and all(r == rows[0] for r in rows): return True
+    if got is not None: self.disk.skip(seq, "another rank of the group cannot load it")
+    return False
+
+@patch
+def _trim_agreed(self: PoolPromptCache, n_bytes: int) -> None:
+    "`trim_to(n_bytes=...)` on the ranks of a group: evict the least recently used on every rank while any rank holds more than its `n_bytes`."
+    while True:
+        try:
+            with self.lock: over = bool(self.entries) and self.held_nbytes() > max(0, n_bytes)
+        except Exception as e: self._failed("trim", e); over = False
+        if not any(r[0] for r in self.peers.gather_ints([int(over)])): return
+        try:
+            with self.lock:
+                if self.entries: self.evict_one()
+        except Exception as e: self._failed("trim", e)

@@ -21,7 +21,9 @@ from .build import from_pretrained
 from .config import UnsupportedCache
 from .fit import machine_memory
 from .units import format_bytes, parse_bytes
+from .peers import Peers, all_or_none
 from .promptcache import PoolPromptCache, ServeError
+from .ranks import RankPlan, group_ledger, parse_pipeline_split, parse_rank_bytes, rank_memory, rank_model_provider, rank_plan
 
 log = logging.getLogger("kvspec.serve")
 
@@ -56,9 +58,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="most bytes of files kept in --cache-dir, least recently used dropped first (default: 4 × --cache-bytes)")
     parser.add_argument("--balance-tokens", type=int, default=2048,
                         help="prompt length the budget's split between block groups (full, sliding, state) is balanced for")
-    parser.add_argument("--memory", type=parse_bytes, default=None,
+    parser.add_argument("--memory", type=parse_rank_bytes, default=None,
                         help="the memory the server may use, never exceeded: weights, prompt cache and every request's bytes are admitted "
-                             "against it (e.g. 16GiB; default: this machine's, as `kvspec fit` reads it)")
+                             "against it (e.g. 16GiB; under mlx.launch one size per rank, e.g. 192GiB,128GiB; default: each machine's, as `kvspec fit` reads it)")
+    parser.add_argument("--pipeline-split", type=parse_pipeline_split, default=None,
+                        help="with --pipeline under mlx.launch: layers per rank, rank 0 (which runs the last layers) first, e.g. 50,11; "
+                             "or auto: the split serving the longest context on these ranks' memory (default: mlx-lm's even split)")
     parser.add_argument("--queue-timeout", type=float, default=60.0,
                         help="seconds a request may wait for memory before a 503 with Retry-After (default 60)")
     parser.add_argument("--mlx-cache-bytes", type=parse_bytes, default=None,
@@ -80,28 +85,34 @@ def model_identity(path) -> str:
             with open(f, "rb") as fh: h.update(fh.read(1 << 20))
     return h.hexdigest()[:16]
 
-def make_prompt_cache_for(args) -> PoolPromptCache:
+def make_prompt_cache_for(args, # options from `serve_parser`
+                          plan: RankPlan | None = None, # under mlx.launch: the group's plan (this rank's spec, the agreed blocks)
+                          peers: Peers | None = None,   # under mlx.launch: the group
+                         ) -> PoolPromptCache:
     "The kvspec prompt cache for `kvspec serve` options `args` (the spec read from the model's config, no weights loaded, quantized as --kv-bits says)."
     if args.model is None: raise ServeError("kvspec serve needs --model: the pool is sized from that model's cache spec")
     bits, group = getattr(args, "kv_bits", None), getattr(args, "kv_group_size", 64)
-    try: spec = from_pretrained(args.model, kv_bits=bits, kv_group_size=group)
+    try: spec = from_pretrained(args.model, kv_bits=bits, kv_group_size=group) if plan is None else plan.spec.spec
     except UnsupportedCache as e:
         if bits is None: raise
         raise ServeError(f"--kv-bits {bits} --kv-group-size {group}: {e}") from None
+    grouped = plan is not None and plan.size > 1
+    cache_dir = Path(args.cache_dir) / f"rank{plan.rank}" if grouped and args.cache_dir is not None else args.cache_dir
     start = getattr(args, "quantized_kv_start", 0)
     if bits is not None and start:
         log.info("--kv-bits %d: prompts are cached once mlx-lm has quantized their caches, from %d tokens (--quantized-kv-start); "
                  "shorter ones are not (--quantized-kv-start 0 caches every prompt)", bits, start)
-    return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=args.cache_dir,
+    return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=cache_dir,
                            max_entries=getattr(args, "prompt_cache_size", None), model_id=model_identity(args.model),
-                           context_tokens=args.balance_tokens, cache_dir_bytes=getattr(args, "cache_dir_bytes", None))
+                           context_tokens=args.balance_tokens, cache_dir_bytes=getattr(args, "cache_dir_bytes", None),
+                           max_blocks=plan.max_blocks if grouped else None, peers=peers if grouped else None)
 
 # %% ../nbs/12_serve.ipynb #c0170e03
 def make_governor(args, # options from `serve_parser`
                   prompt_cache: PoolPromptCache, # the server's prompt cache (its storage is allocated)
                  ) -> Governor:
     "The memory governor for `kvspec serve` options `args`: its ledger, checked to admit a request of a useful length."
-    memory = machine_memory(args.memory).nbytes
+    memory = rank_memory(args.memory, 0, 1)
     mlx_cache = args.mlx_cache_bytes if args.mlx_cache_bytes is not None else memory // 16
     disk_queue = prompt_cache.disk.queue_nbytes if prompt_cache.disk is not None else 0
     ledger = serve_ledger(args.model, prompt_cache.pool.spec, memory, prompt_cache.stats()["storage_nbytes"], mlx_cache, disk_queue,
@@ -126,13 +137,14 @@ def _send_json(handler, status: int, body: dict, headers: dict | None = None) ->
 
 def make_handler(governor: Governor, # admits every completion by its bytes
                  tokenizer,          # the served model's tokenizer, to count prompts
+                 extra: dict | None = None, # more for /kvspec/stats (a group's plan)
                 ):
     "mlx-lm's `APIHandler`, plus `GET /kvspec/stats` and admission by the memory governor (400 never fits, 503 + Retry-After past the queue timeout)."
     from mlx_lm.server import APIHandler
     class KVSpecHandler(APIHandler):
         def do_GET(self):
             if self.path.split("?")[0] == "/kvspec/stats":
-                st = {**self.response_generator.prompt_cache.stats(), **governor.stats(),
+                st = {**self.response_generator.prompt_cache.stats(), **governor.stats(), **(extra or {}),
                       "mlx_active_nbytes": mx.get_active_memory(), "mlx_peak_nbytes": mx.get_peak_memory(), "mlx_cache_nbytes": mx.get_cache_memory()}
                 _send_json(self, 200, st)
             else: super().do_GET()
@@ -149,26 +161,57 @@ def make_handler(governor: Governor, # admits every completion by its bytes
     return KVSpecHandler
 
 # %% ../nbs/12_serve.ipynb #9b0af776
+def _start_group(args, peers: Peers):
+    "Under mlx.launch, on every rank: the plan, the group's governor and this rank's prompt cache (a start-up error anywhere stops every rank)."
+    limit = all_or_none(peers, rank_memory, args.memory, peers.rank, peers.size)
+    plan = all_or_none(peers, rank_plan, args, peers.rank, peers.size, tuple(peers.gather(limit)))
+    governor = all_or_none(peers, lambda: Governor(group_ledger(args, plan), args.queue_timeout))
+    prompt_cache = all_or_none(peers, make_prompt_cache_for, args, plan, peers)
+    prompt_cache.join()                      # agreed ids, the saved prompts every rank can load loaded on every rank, every rank's numbers
+    held, booked = [r["storage_nbytes"] for r in prompt_cache.ranks], [L.cache_nbytes for L in governor.ledger.ranks]
+    if held != booked:                       # the same gathered numbers on every rank: every rank stops here, or none
+        raise ServeError(f"the ranks' prompt caches hold {held} bytes of storage, their ledgers count {booked}: kvspec serve needs fixing")
+    return plan, governor, prompt_cache
+
 def serve(args,        # options from `serve_parser`
           ready=None): # called with the HTTP server once it listens
-    "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache and every request admitted by the memory governor."
+    "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache and every request admitted by the memory governor; under mlx.launch rank 0 serves HTTP and every other rank runs the generation loop, as `mlx_lm.server`'s `run()`."
     from http.server import ThreadingHTTPServer
-    from mlx_lm.server import ModelProvider, ResponseGenerator, get_system_fingerprint
+    from mlx_lm.server import ResponseGenerator, get_system_fingerprint
     from mlx_lm.utils import load_tokenizer
-    prompt_cache = make_prompt_cache_for(args)
-    governor = make_governor(args, prompt_cache)
-    mx.set_cache_limit(governor.ledger.mlx_cache_nbytes)
-    handler = make_handler(governor, load_tokenizer(Path(args.model)))
-    generator = ResponseGenerator(ModelProvider(args), prompt_cache)
+    peers = Peers()
+    if peers.size == 1:
+        if args.pipeline_split is not None: log.warning("--pipeline-split splits a model across the ranks of mlx.launch; this process runs alone: ignored")
+        prompt_cache = make_prompt_cache_for(args)
+        governor, provider, extra = make_governor(args, prompt_cache), rank_model_provider(args), {}
+        mine, tables = governor.ledger, [ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)]
+    else:
+        plan, governor, prompt_cache = _start_group(args, peers)
+        provider = rank_model_provider(args, plan)
+        extra = dict(group_size=plan.size, parallel=plan.mode, pipeline_split=list(plan.split) if plan.split else None)
+        mine = governor.ledger.ranks[peers.rank]
+        tables = [[f"rank {r} ({p.name}, layers {p.layers[0]}-{p.layers[1] - 1}):"] + ledger_lines(L, args.balance_tokens + args.max_tokens)
+                  for r, (p, L) in enumerate(zip(plan.specs, governor.ledger.ranks))]
+    mx.set_cache_limit(mine.mlx_cache_nbytes)
+    generator = ResponseGenerator(provider, prompt_cache)
+    if peers.rank != 0:                      # as mlx_lm.server's run(): the generation loop, on the requests rank 0 shares
+        log.info("kvspec serve: rank %d of %d runs mlx-lm's generation loop; rank 0 serves HTTP; prompt cache %s", peers.rank, peers.size, prompt_cache.pool)
+        try: generator.join()
+        except KeyboardInterrupt: pass
+        finally:
+            if prompt_cache.disk is not None: prompt_cache.disk.close()
+        return
+    handler = make_handler(governor, load_tokenizer(Path(args.model)), extra)
     family, _, _, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     class Server(ThreadingHTTPServer): address_family = family
     fingerprint = get_system_fingerprint()
     httpd = Server(address, lambda *a, **kw: handler(generator, *a, system_fingerprint=fingerprint, **kw))
-    log.info("kvspec serve on %s:%d, prompt cache %s\n%s", args.host, args.port, prompt_cache.pool,
-             "\n".join(ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)))
+    log.info("kvspec serve on %s:%d, prompt cache %s\n%s", args.host, args.port, prompt_cache.pool, "\n".join(l for t in tables for l in t))
     if ready is not None: ready(httpd)
     try: httpd.serve_forever()
     except KeyboardInterrupt: pass
     finally:
-        httpd.server_close(); generator.stop_and_join()
+        httpd.server_close()
+        if peers.size > 1 and prompt_cache.disk is not None: prompt_cache.disk.close()   # first: the others may be gone, the loop with them
+        generator.stop_and_join()
         if prompt_cache.disk is not None: prompt_cache.disk.close()

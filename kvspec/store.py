@@ -25,7 +25,7 @@ from .pool import BlockPool, PoolError, TokenIds, parse_tokens, token_ids
 
 # %% auto #0
 __all__ = ['CorruptCacheFile', 'SpecMismatch', 'CacheWriteError', 'PoolStore', 'cache_path', 'Snapshot', 'write_snapshot',
-           'read_cache_file']
+           'read_cache_file', 'SavedCaches']
 
 # %% ../nbs/06_store.ipynb #6b08c5b8
 class CorruptCacheFile(KVSpecError):
@@ -391,13 +391,21 @@ def _check_layout(self: PoolStore, path: Path, arrays: dict, layout: dict, n: in
     if layout != want_layout: raise CorruptCacheFile(f"{path}: cache classes or scalars are not this pool's ({sorted(set(layout.items()) ^ set(want_layout.items()))[:4]})")
 
 # %% ../nbs/06_store.ipynb #922b90b0
+@dataclass(frozen=True)
+class SavedCaches:
+    "A saved sequence read from its file and checked against this pool, not yet in it: what `PoolStore.put` restores."
+    seq_id: object            # the id it gets in the pool
+    num_tokens: int
+    caches: list              # mlx-lm caches rebuilt from the file's arrays
+    tokens: list[int] | None  # its token ids (None: restored by count, unshared)
+
 @patch
-def load(self: PoolStore, directory: str | Path, # where `save` wrote
+def read(self: PoolStore, directory: str | Path, # where `save` wrote
          seq_id, # the saved sequence's id, and the id it gets in this pool
          tokens=None, # its token ids, to register its blocks for prefix sharing (None: by count, unshared)
          expect: dict[str, str] | None = None, # signed extra fields the file must carry, with these values
-        ) -> int:
-    "Restore a saved sequence into this pool under `seq_id`; returns its token count."
+        ) -> SavedCaches:
+    "Read a saved sequence and check it against this pool, leaving the pool untouched: a bad file raises here, before anything changes."
     path = cache_path(directory, seq_id)
     arrays, meta = read_cache_file(path)
     fp = json.loads(meta["fingerprint"])
@@ -408,18 +416,31 @@ def load(self: PoolStore, directory: str | Path, # where `save` wrote
     for k, want in (expect or {}).items():
         if meta.get(k) != want or k not in meta["signed"].split(","):
             raise SpecMismatch(f"{path}: saved with {k} {meta.get(k)!r}, expected {want!r}")
-    n = int(meta["num_tokens"])
+    n, toks = int(meta["num_tokens"]), None
     if tokens is not None:
         toks, k = parse_tokens(tokens)
         if toks is None or k != n: raise PoolError(f"{seq_id!r} holds {n} tokens, give as many token ids (got {tokens!r:.40})")
     self._check_layout(path, arrays, meta["layout"], n)
     held = {i: r.file_arrays(arrays, i, self.leaves[i]) for i, r in self.rules.items()} if n else {}
-    caches = self.to_caches(n, held)
+    return SavedCaches(seq_id, n, self.to_caches(n, held), toks)
+
+@patch
+def put(self: PoolStore, saved: SavedCaches) -> int:
+    "Restore a sequence `read` gave into the pool; returns its token count (`PoolExhausted` leaves the pool as it was)."
     with self.pool.transaction():
-        self.pool.admit(seq_id, 0 if tokens is None else [])   # [] starts the hash chain the token ids extend
-        try: self.write_back(seq_id, caches, n if tokens is None else toks)
-        except BaseException: self.pool.free(seq_id); raise
-    return n
+        self.pool.admit(saved.seq_id, 0 if saved.tokens is None else [])   # [] starts the hash chain the token ids extend
+        try: self.write_back(saved.seq_id, saved.caches, saved.num_tokens if saved.tokens is None else saved.tokens)
+        except BaseException: self.pool.free(saved.seq_id); raise
+    return saved.num_tokens
+
+@patch
+def load(self: PoolStore, directory: str | Path, # where `save` wrote
+         seq_id, # the saved sequence's id, and the id it gets in this pool
+         tokens=None, # its token ids, to register its blocks for prefix sharing (None: by count, unshared)
+         expect: dict[str, str] | None = None, # signed extra fields the file must carry, with these values
+        ) -> int:
+    "Restore a saved sequence into this pool under `seq_id`; returns its token count."
+    return self.put(self.read(directory, seq_id, tokens, expect))
 
 # %% ../nbs/06_store.ipynb #71089547
 @patch
