@@ -122,7 +122,7 @@ def _write(self: DiskTier, seq: str, key: tuple, cache_type: str, snap) -> None:
     try:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(record, json.dumps(dict(tokens=list(key), cache_type=cache_type, model_id=self.model_id, seq=seq)).encode())
-        write_snapshot(arrays, snap, self.store.pool.fingerprint, dict(model=self.model_id, tokens_sha256=tokens_sha256(key)))
+        write_snapshot(arrays, snap, self.store.pool.fingerprint, dict(model=self.model_id, tokens_sha256=tokens_sha256(key), cache_type=cache_type))
         nbytes = record.stat().st_size + arrays.stat().st_size
     except (OSError, KVSpecError) as e:
         self._fault("writing a cached prompt", e)
@@ -227,7 +227,8 @@ def load(self: DiskTier, seq: str) -> SavedPrompt | None:
     with self.lock: d = self.saved.get(seq)
     if d is None: return None
     try:
-        self.store.load(self.directory, seq, tokens=list(d.key), expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key)))
+        self.store.load(self.directory, seq, tokens=list(d.key),
+                        expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key), cache_type=d.cache_type))
     except PoolExhausted: raise
     except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
         log.warning("cache dir %s: skipping %s: %s (left on disk)", self.directory, seq, err)
