@@ -21,7 +21,7 @@ from .plan import plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 from .units import format_bytes
 from .demo import DEMO_CONFIGS, demo_model
-from .serve import add_serve_arguments, serve
+from .serve import BindError, add_serve_arguments, serve
 from .shard import format_group_report, group_fit, group_report
 
 # %% auto #0
@@ -283,11 +283,13 @@ def fit_ranks_command(args) -> int:
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:
-    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0)."
+    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0); where it cannot listen (an address in use): a message, exit 1."
     import logging
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
     try: serve(args)
     except KeyboardInterrupt: pass
+    except BindError as e:
+        print(f"kvspec: error: {e}", file=sys.stderr); return 1
     return 0
 
 @subcommand
