@@ -9,19 +9,17 @@ import itertools
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 from fastcore.basics import patch
 
 from .config import KVSpecError, check_int
-from .fit import Ledger, RowCost, row_costs
+from .fit import Ledger, row_costs
 from .spec import ModelCacheSpec
 from .units import format_bytes, largest_true
 
 # %% auto #0
-__all__ = ['NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines', 'GroupLedger', 'prompt_token_count',
-           'prompt_token_bound']
+__all__ = ['NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines', 'GroupLedger']
 
 # %% ../nbs/12d_admission.ipynb #a0000016
 class NeverFits(KVSpecError):
@@ -154,27 +152,3 @@ class GroupLedger:
         b = self.binding([*inflight, longest] if longest else inflight)
         return dict(**self.ranks[b].report(longest, inflight), binding_rank=b,
                     rank_ledgers=[dict(rank=r, **L.report(longest, inflight)) for r, L in enumerate(self.ranks)])
-
-# %% ../nbs/12d_admission.ipynb #fce11655
-def _chat_text(content) -> str:
-    "The text of a message's content: a string, or the text parts of a list of parts."
-    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
-
-def prompt_token_count(tokenizer, request) -> int | None:
-    "Tokens of a request's prompt as its chat template or plain encoding gives them (None: it cannot be counted here)."
-    try:
-        if request.request_type == "chat":
-            msgs = [dict(m, content=_chat_text(m.get("content"))) for m in request.messages]
-            return len(tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=True))
-        return len(tokenizer.encode(request.prompt))
-    except Exception: return None
-
-def prompt_token_bound(tokenizer, request) -> int | None:
-    "An upper bound on `prompt_token_count` without tokenizing: the rendered prompt's UTF-8 bytes plus 16."
-    try:
-        if request.request_type == "chat":
-            msgs = [dict(m, content=_chat_text(m.get("content"))) for m in request.messages]
-            rendered = tokenizer.apply_chat_template(msgs, tools=request.tools, add_generation_prompt=True, tokenize=False)
-        else: rendered = request.prompt
-        return len(rendered.encode("utf-8")) + 16 if isinstance(rendered, str) else None
-    except Exception: return None

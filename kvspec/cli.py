@@ -24,7 +24,7 @@ from .units import format_bytes
 from .demo import DEMO_CONFIGS, demo_model
 from .peers import Peers
 from .ranks import parse_rank_bytes
-from .serve import add_serve_arguments, serve
+from .serve import BindError, add_serve_arguments, serve
 from .shard import format_group_report, format_split_report, group_fit, group_report, split_report
 
 # %% auto #0
@@ -310,11 +310,13 @@ def fit_ranks_command(args) -> int:
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:
-    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0); under mlx.launch a start-up error is printed by rank 0 only."
+    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0); an address in use: a message, exit 1; under mlx.launch a start-up error is printed by rank 0 only."
     import logging
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
     try: serve(args)
     except KeyboardInterrupt: pass
+    except BindError as e:
+        print(f"kvspec: error: {e}", file=sys.stderr); return 1
     except KVSpecError:
         if Peers().rank == 0: raise          # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it,
         time.sleep(2); return 2              # and exits first (mlx.launch then stops the others), so its message is never cut short

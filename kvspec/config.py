@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['PRESET_DIR', 'CACHE_DTYPES', 'SIZE_LIMITS', 'KVSpecError', 'ConfigError', 'ConfigNotFound', 'UnknownModelType',
-           'UnsupportedCache', 'check_int', 'preset_names', 'read_config_file', 'fetch_hub_config', 'check_structure',
-           'load_config', 'text_config', 'config_dtype', 'model_classes', 'check_sizes', 'model_args']
+__all__ = ['PRESET_DIR', 'POSITION_KEYS', 'CACHE_DTYPES', 'SIZE_LIMITS', 'KVSpecError', 'ConfigError', 'ConfigNotFound',
+           'UnknownModelType', 'UnsupportedCache', 'check_int', 'preset_names', 'read_config_file', 'hub_unreachable',
+           'fetch_hub_config', 'check_structure', 'load_config', 'text_config', 'position_limit', 'config_dtype',
+           'model_classes', 'check_sizes', 'model_args']
 
 # %% ../nbs/00_config.ipynb #5e626a7f
 class KVSpecError(Exception):
@@ -102,13 +103,30 @@ def read_config_file(path: str | Path, # a config.json, or a directory holding o
 # %% ../nbs/00_config.ipynb #7438378b
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+def hub_unreachable(timeout: float = 3.0, # seconds to wait for name resolution and one TCP connection together
+                   ) -> str | None:
+    "None if the Hugging Face hub's host takes a TCP connection within `timeout` seconds, else why not (one try, no retries)."
+    import socket, threading, urllib.parse
+    from huggingface_hub import constants
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port, out = url.hostname, url.port or (443 if url.scheme == "https" else 80), {}
+    def connect():
+        try: socket.create_connection((host, port), timeout=timeout).close(); out["ok"] = True
+        except OSError as e: out["error"] = f"{host}:{port}: {e.strerror or e}"
+    t = threading.Thread(target=connect, daemon=True); t.start(); t.join(timeout)   # a thread: name resolution has no timeout of its own
+    return None if out.get("ok") else out.get("error", f"{host}:{port}: no answer in {timeout:g} s")
+
 def fetch_hub_config(repo_id: str, # owner/name on the Hugging Face hub
                      revision: str | None = None, # a branch, tag or commit
                     ) -> Path:
     "Download (or find in the local cache) only `config.json` of a hub repository."
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
     try:
+        try: return Path(hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=True))
+        except LocalEntryNotFoundError:
+            if not constants.HF_HUB_OFFLINE and (why := hub_unreachable()) is not None:
+                raise ConfigNotFound(f"{repo_id}: config.json is not in the local Hugging Face cache and the hub cannot be reached ({why})") from None
         return Path(hf_hub_download(repo_id, "config.json", revision=revision))
     except HFValidationError as e:
         raise ConfigNotFound(f"{repo_id}: not a valid hub id ({str(e).splitlines()[0][:120]})") from None
@@ -142,20 +160,34 @@ def load_config(source: dict | str | Path, # a config dict, a config.json, a dir
     path = Path(source).expanduser()
     if path.exists() or path.is_symlink(): return check_structure(read_config_file(path), str(path)), str(path)
     name = str(source)
-    if name in preset_names():
-        return read_config_file(PRESET_DIR / f"{name}.json"), f"preset {name}"
+    presets = {n.lower(): n for n in preset_names()}           # preset names are matched without regard to case
+    if (preset := presets.get(name.lower())) is not None:
+        return read_config_file(PRESET_DIR / f"{preset}.json"), f"preset {preset}"
     if isinstance(source, str) and _HUB_ID.match(name) and not name.endswith(".json") and not name.startswith("."):
         return check_structure(read_config_file(fetch_hub_config(name)), f"hub {name}"), f"hub {name}"
     if isinstance(source, Path) or _looks_like_path(name): raise ConfigNotFound(f"{name}: no such file or directory")
-    close = difflib.get_close_matches(name, preset_names(), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), list(presets), n=1, cutoff=0.6)
     raise ConfigNotFound(f"{name}: not a file, a directory, a hub id (owner/name) or a preset"
-                         + (f"; did you mean {close[0]}?" if close else "") + f"; presets: {', '.join(preset_names())}")
+                         + (f"; did you mean {presets[close[0]]}?" if close else "") + f"; presets: {', '.join(preset_names())}")
 
 # %% ../nbs/00_config.ipynb #835e3bfa
 def text_config(cfg: dict) -> dict:
     "The language model's settings: top-level keys overlaid with a nested `text_config`, if any."
     nested = cfg.get("text_config") or {}
     return {**{k: v for k, v in cfg.items() if k != "text_config"}, **nested}
+
+# %% ../nbs/00_config.ipynb #82e61d35
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len", "n_ctx")
+
+def position_limit(cfg: dict, # a config dict (a nested text_config is read too)
+                  ) -> tuple[int, str] | None:
+    "(tokens, the key that states it): the longest context the config says the model takes; None if it states none."
+    nested = cfg.get("text_config") or {}
+    for where, c in (("text_config.", nested), ("", cfg)):
+        for key in POSITION_KEYS:
+            v = c.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v, where + key
+    return None
 
 # %% ../nbs/00_config.ipynb #490d769e
 CACHE_DTYPES = ("float32", "float16", "bfloat16")

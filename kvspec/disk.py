@@ -71,6 +71,8 @@ class DiskTier:
         self.saved: OrderedDict[str, SavedPrompt] = OrderedDict()   # least recently used first
         self.index = PrefixIndex(store.pool.block_tokens, hash_blocks)   # saved prompts not in memory
         self.in_memory: set[str] = set()
+        self.pending: set[str] = set()                   # prompts whose save is queued
+        self.dropped: set[str] = set()                   # prompts dropped while their save may still be queued: never written or booked
         self.nbytes = 0                                  # bytes of every saved prompt's files
         self.lock = threading.RLock()                    # the generation thread and the writer both keep these books
         self.counters = dict.fromkeys(DISK_COUNTERS, 0)
@@ -112,17 +114,20 @@ def offer(self: DiskTier, seq: str, key: tuple, cache_type: str) -> bool:
     except Exception as e:
         with self.lock: self.pending_nbytes -= nbytes
         self._fault("snapshot", e); return False
+    with self.lock: self.pending.add(seq)
     self._jobs.put_nowait(("write", seq, key, cache_type, snap, nbytes))   # only this thread adds writes: room was checked above
     return True
 
 @patch
 def _write(self: DiskTier, seq: str, key: tuple, cache_type: str, snap) -> None:
-    "The writer's part of a save: both files, then the books."
+    "The writer's part of a save: both files, then the books (none of it for a prompt dropped meanwhile)."
     record, arrays = self.directory / f"{seq}.json", cache_path(self.directory, seq)
+    with self.lock:
+        if seq in self.dropped: return
     try:
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(record, json.dumps(dict(tokens=list(key), cache_type=cache_type, model_id=self.model_id, seq=seq)).encode())
-        write_snapshot(arrays, snap, self.store.pool.fingerprint, dict(model=self.model_id, tokens_sha256=tokens_sha256(key)))
+        write_snapshot(arrays, snap, self.store.pool.fingerprint, dict(model=self.model_id, tokens_sha256=tokens_sha256(key), cache_type=cache_type))
         nbytes = record.stat().st_size + arrays.stat().st_size
     except (OSError, KVSpecError) as e:
         self._fault("writing a cached prompt", e)
@@ -131,10 +136,21 @@ def _write(self: DiskTier, seq: str, key: tuple, cache_type: str, snap) -> None:
             except OSError: pass
         return
     with self.lock:
+        if seq in self.dropped:                          # dropped while it was written: its files go, unbooked
+            self._unlink(seq, "deleting a dropped prompt"); return
+        for old in [i for i in self.index.prefixes_of(key, proper=False) if len(self.index.keys[i]) == len(key)]:
+            self.drop(old)                               # the same prompt saved before (evicted, then cached again): the older copy goes
         self._book(seq, key, cache_type, nbytes)
         self.counters["persisted"] += 1
         if seq not in self.in_memory: self.index.add(seq, key)
         self._prune()
+
+@patch
+def _unlink(self: DiskTier, seq: str, what: str) -> None:
+    "Delete a prompt's two files, its record first (a crash in between leaves a stray arrays file, which the scan skips)."
+    for suffix in (".json", ".safetensors"):
+        try: (self.directory / f"{seq}{suffix}").unlink(missing_ok=True)
+        except OSError as e: self._fault(what, e)
 
 @patch
 def _book(self: DiskTier, seq: str, key: tuple, cache_type: str, nbytes: int) -> None:
@@ -153,7 +169,7 @@ def _run(self: DiskTier) -> None:
             if job[0] == "write":
                 try: self._write(*job[1:5])
                 finally:
-                    with self.lock: self.pending_nbytes -= job[5]
+                    with self.lock: self.pending_nbytes -= job[5]; self.pending.discard(job[1]); self.dropped.discard(job[1])
             else: self._delete(job[1])
         except Exception as e: self._fault(job[0] if job else "?", e)
         finally: self._jobs.task_done()
@@ -181,19 +197,17 @@ def drop(self: DiskTier, seq: str) -> None:
     with self.lock:
         if (d := self.saved.pop(seq, None)) is not None: self.nbytes -= d.nbytes
         self.index.remove(seq); self.in_memory.discard(seq)
+        if seq in self.pending: self.dropped.add(seq)  # its save, still queued, is skipped when its turn comes
     try: self._jobs.put_nowait(("delete", seq))
-    except queue.Full:                                  # deleting later is harmless: the scan at start skips orphans
-        with self.lock: self.counters["writes_skipped"] += 1
+    except queue.Full: self._delete(seq)               # the writer is behind: delete now, two unlinks
 
 @patch
 def _delete(self: DiskTier, seq: str) -> None:
-    "The writer's part of a drop: the record first (a crash in between leaves a stray arrays file, which the scan skips), then the arrays."
+    "Unbook a dropped prompt and delete its files (on the writer's turn, or at once when its queue is full)."
     with self.lock:
         if (d := self.saved.pop(seq, None)) is not None: self.nbytes -= d.nbytes   # written after the drop was asked: unbook
         self.index.remove(seq)
-    for suffix in (".json", ".safetensors"):
-        try: (self.directory / f"{seq}{suffix}").unlink(missing_ok=True)
-        except OSError as e: self._fault("deleting a dropped prompt", e)
+    self._unlink(seq, "deleting a dropped prompt")
     with self.lock: self.counters["deleted"] += 1
 
 @patch
@@ -202,9 +216,7 @@ def _prune(self: DiskTier) -> None:
     while self.saved and self.nbytes > self.max_bytes:
         seq, d = self.saved.popitem(last=False); self.nbytes -= d.nbytes
         self.index.remove(seq); self.counters["disk_dropped"] += 1
-        for suffix in (".json", ".safetensors"):
-            try: (self.directory / f"{seq}{suffix}").unlink(missing_ok=True)
-            except OSError as e: self._fault("pruning", e)
+        self._unlink(seq, "pruning")
 
 # %% ../nbs/12b_disk.ipynb #d0000018
 @patch
@@ -242,7 +254,7 @@ def read(self: DiskTier, seq: str) -> ReadPrompt | None:
     "Read and check saved prompt `seq`'s files, the pool untouched; None if it is not saved here or its files are bad (skipped)."
     with self.lock: d = self.saved.get(seq)
     if d is None: return None
-    try: caches = self.store.read(self.directory, seq, tokens=list(d.key), expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key)))
+    try: caches = self.store.read(self.directory, seq, tokens=list(d.key), expect=dict(model=self.model_id, tokens_sha256=tokens_sha256(d.key), cache_type=d.cache_type))
     except (KVSpecError, OSError, ValueError, KeyError, TypeError) as err:
         self.skip(seq, err); return None
     return ReadPrompt(seq, d, caches)

@@ -16,7 +16,8 @@ import mlx.core as mx
 from fastcore.basics import patch
 
 from .build import from_config, from_model
-from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, text_config
+from .config import CACHE_DTYPES, KVSpecError, check_int, load_config, position_limit, text_config
+from .plan import position_notes
 from .spec import ModelCacheSpec
 from .units import format_bytes, largest_true, parse_bytes
 from .weights import WeightsSpec, weights, weights_from_model
@@ -132,7 +133,7 @@ class Ledger:
         "Bytes the server needs while requests of these lengths (prompt + max_tokens) run together."
         if not lengths: return self.fixed_nbytes
         c, n = self.cost(max(lengths)), len(lengths)
-        return self.fixed_nbytes + (n + 1) * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # + 1: a finished row's copy
+        return self.fixed_nbytes + 2 * n * c.kv_nbytes + min(n, self.prompt_concurrency) * c.transient_nbytes   # 2n: every row, and its copy
 
     def fits(self, lengths: list[int]) -> bool:
         "Whether requests of these lengths fit together."
@@ -221,9 +222,10 @@ class Fit:
     reserve_nbytes: int     # forward-pass transient (forward_reserve_nbytes)
     memory_nbytes: int
     memory_source: str
-    max_context_tokens: int # longest context (prompt, with max_tokens generated after it) that fits at `batch`
+    max_context_tokens: int # longest context (prompt, with max_tokens generated after it) that fits at `batch`, within the model's positions
     max_batch: int          # largest batch that fits at `context_tokens`
     prompt_cache_bytes: int # left for mlx_lm.server's prompt cache
+    model_context_tokens: int | None = None  # the model's own context limit (prompt + generated), as its config states it
     notes: tuple[str, ...] = ()
     serve: ServeFit | None = None   # with `fit(..., concurrency=N)`: what a `kvspec serve` holds
 
@@ -274,10 +276,15 @@ def fit_spec(cfg: dict, # the model's config (its sizes set the forward-pass res
     notes = [f"memory: {mem.source}", f"weights: {repr(weights)}",
              "reserve: sized on mlx's CPU backend, where attention materialises its scores; Metal's fused attention needs less"]
     if longest == MAX_FIT_CONTEXT: notes.append(f"the context search stops at {MAX_FIT_CONTEXT:,} tokens")
+    positions = position_limit(cfg)                       # the model takes prompt + generated tokens up to its positions
+    room = None if positions is None else (max(0, positions[0] - max_tokens), positions[1] + (f" less max_tokens {max_tokens:,}" if max_tokens else ""))
+    notes += position_notes(room, context, longest)
+    if room is not None: longest = min(longest, room[0])
     return Fit(model=spec.source, context_tokens=context, batch=batch, kv_bits=kv_bits, prefill_step=prefill_step,
                max_tokens=max_tokens, weights_nbytes=weights.nbytes, kv_nbytes=steady, kv_peak_nbytes=peak, reserve_nbytes=reserve,
                memory_nbytes=mem.nbytes, memory_source=mem.source, max_context_tokens=longest, max_batch=widest,
-               prompt_cache_bytes=max(0, mem.nbytes - weights.nbytes - peak - reserve), notes=tuple(notes))
+               prompt_cache_bytes=max(0, mem.nbytes - weights.nbytes - peak - reserve),
+               model_context_tokens=None if positions is None else positions[0], notes=tuple(notes))
 
 # %% ../nbs/10_fit.ipynb #78ad3d59
 def fit(model, # a preset name, config.json, model directory, config dict or hub id
@@ -322,10 +329,24 @@ def lines(self: Fit) -> list[str]:
             f"{format_bytes(self.total_peak_nbytes)} of {format_bytes(self.memory_nbytes)} ({self.memory_source})",
             f"{self.model}, context {self.context_tokens:,}" + (f" + {self.max_tokens:,} generated" if self.max_tokens else "")
             + f", batch {b}",
-            f"longest context at batch {b}: {self.max_context_tokens:,} tokens",
-            f"largest batch at {self.context_tokens:,} tokens: {self.max_batch:,}",
-            f"mlx_lm.server --prompt-cache-bytes {self.prompt_cache_bytes} --decode-concurrency {max(1, self.max_batch)}; "
-            f"mlx_lm.generate --max-kv-size {self.max_context_tokens}"] + (self.serve.lines() if self.serve is not None else [])
+            f"longest context at batch {b}: {self.max_context_tokens:,} tokens"
+            + (" (the model's limit)" if self.model_context_tokens is not None and self.max_context_tokens + self.max_tokens == self.model_context_tokens else ""),
+            f"largest batch at {self.context_tokens:,} tokens: {self.max_batch:,}", self.advice()] + [
+            f"note: {n}" for n in self.notes if "positions the model takes" in n] + (   # position_notes: the model's own limit
+            self.serve.lines() if self.serve is not None else [])
+
+@patch
+def advice(self: Fit) -> str:
+    "What to give mlx-lm when it fits; when it does not, what would (never a suggestion of zero bytes or tokens)."
+    if self.fits:
+        return (f"mlx_lm.server --prompt-cache-bytes {self.prompt_cache_bytes} --decode-concurrency {max(1, self.max_batch)}; "
+                f"mlx_lm.generate --max-kv-size {self.max_context_tokens}")
+    if self.max_context_tokens:
+        return f"nothing to give mlx-lm at {self.context_tokens:,} tokens: ask again with --context {self.max_context_tokens} or less"
+    if self.weights_nbytes > self.memory_nbytes:
+        return f"nothing fits: the weights alone are {format_bytes(self.weights_nbytes)}, more than the {format_bytes(self.memory_nbytes)}"
+    return (f"nothing fits at batch {self.batch}: not even a 1-token context beside the weights"
+            + (f" ({self.max_tokens:,} tokens generated after it)" if self.max_tokens else ""))
 
 @patch
 def __repr__(self: Fit) -> str: return "\n".join(self.lines())

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from fastcore.basics import patch
 
 from .build import from_config
-from .config import ConfigError, UnsupportedCache, check_int, load_config, text_config
+from .config import ConfigError, UnsupportedCache, check_int, load_config, position_limit, text_config
 from .spec import DEFAULT_QUANTIZED_KV_START, KV_STEP, ModelCacheSpec, kv_slot_bytes
 from .units import InvalidBudget, format_budget, format_bytes, largest_true, parse_bytes
 
 # %% auto #0
 __all__ = ['MAX_CONTEXT_TOKENS', 'REPLAY_CONTEXT_TOKENS', 'naive_full_nbytes', 'seed_formula_nbytes', 'context_limit', 'capacity',
-           'max_context', 'Plan', 'below_note', 'plan']
+           'max_context', 'Plan', 'position_notes', 'below_note', 'plan']
 
 # %% ../nbs/08_plan.ipynb #c3cb2bc3
 def naive_full_nbytes(spec: ModelCacheSpec, context: int) -> int | None:
@@ -104,6 +104,7 @@ class Plan:
     num_sequences_steady: int           # fit at the steady state
     max_context_tokens: int             # longest context for `sequences` sequences (at the peak)
     max_context_limit_tokens: int = MAX_CONTEXT_TOKENS  # where that search stopped: max_context_tokens == it is a lower bound
+    model_context_tokens: int | None = None  # the model's own context limit, as its config states it: max_context_tokens never exceeds it
     naive_full_bytes: int | None        # every cache as full attention, true dims (None: no dims to count with)
     seed_formula_bytes: int | None = None  # the 2·layers·kv_heads·head_dim·bytes formula, if the config was available
     notes: tuple[str, ...] = ()
@@ -133,7 +134,8 @@ def _spec_for(model, dtype, kv_bits, max_kv_size) -> tuple[ModelCacheSpec, str, 
         raise UnsupportedCache(f"cannot plan {name} with kv_bits={kv_bits}: {str(e).removeprefix('<dict>: ')}; "
                                "plan without kv_bits") from None
 
-def _notes(spec: ModelCacheSpec, kv_bits, qstart: int, sequences: int, longest: int, limit: int) -> tuple[str, ...]:
+def _notes(spec: ModelCacheSpec, kv_bits, qstart: int, sequences: int, longest: int, limit: int,
+           positions: tuple[int, str] | None = None, context: int = 0) -> tuple[str, ...]:
     when = (f"stays {spec.dtype} until it holds quantized_kv_start={qstart} tokens, as mlx_lm.generate keeps it "
             f"(quantized_kv_start=0 plans for a cache quantized from the first token)" if qstart else
             f"is quantized from the first token (quantized_kv_start=0); mlx_lm.generate keeps it {spec.dtype} "
@@ -142,7 +144,19 @@ def _notes(spec: ModelCacheSpec, kv_bits, qstart: int, sequences: int, longest: 
            "(REPLAY_CONTEXT_TOKENS)" if limit == REPLAY_CONTEXT_TOKENS else "the search stops there (MAX_CONTEXT_TOKENS)")
     capped = ((f"longest context: searched up to {limit:,} tokens only and {sequences} sequence(s) fit there, "
                f"so the true longest context is at least {limit:,} tokens; {why}",) if longest >= limit else ())
-    return spec.notes + capped + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
+    return spec.notes + capped + position_notes(positions, context, longest) + ((f"kv_bits={kv_bits}: the KV cache {when}",) if kv_bits is not None else ())
+
+def position_notes(positions: tuple[int, str] | None, # the model's context limit and its key (`position_limit`), if stated
+                   context: int,                       # the context asked about
+                   longest: int,                       # the longest context memory holds
+                  ) -> tuple[str, ...]:
+    "What the model's own context limit says about a plan or fit: a context beyond it, and a longest context memory holds past it."
+    if positions is None: return ()
+    n, key = positions
+    out = (f"context {context:,} is beyond the {n:,} positions the model takes ({key}): mlx-lm would run it, "
+           "but the model was not made for it",) if context > n else ()
+    return out + ((f"longest context: memory holds {longest:,} tokens, more than the {n:,} positions the model takes ({key}); "
+                   f"{n:,} is the longest offered",) if longest > n else ())
 
 # %% ../nbs/08_plan.ipynb #233d30e4
 def below_note(spec: ModelCacheSpec, context: int, naive: int | None, peak: int, kv_bits: int | None = None,
@@ -182,6 +196,7 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
     steady, peak = spec.generate_nbytes(context, 0, batch, prefill_step, qstart)
     limit = context_limit(spec)
     longest = max_context(spec, budget, sequences, prefill_step, limit, qstart, batch)
+    positions = None if cfg is None else position_limit(cfg)
     kv_dtype = next((l.dtype for l in spec.leaves() if l.k_head_dim and l.dtype), "bfloat16")
     naive = naive_full_nbytes(spec, context)
     seed = None if cfg is None else seed_formula_nbytes(cfg, context, kv_bits, kv_dtype)
@@ -189,10 +204,11 @@ def plan(model: ModelCacheSpec | dict | str, # a spec, or a preset name, config.
                 sequences=sequences, kv_bits=kv_bits, batch=batch, max_kv_size=max_kv_size, quantized_kv_start=qstart,
                 prefill_step=prefill_step, steady_bytes=steady, peak_bytes=peak,
                 num_sequences=budget // peak * batch, num_sequences_steady=budget // steady * batch,
-                max_context_tokens=longest, max_context_limit_tokens=limit,
+                max_context_tokens=min(longest, positions[0]) if positions else longest, max_context_limit_tokens=limit,
+                model_context_tokens=positions[0] if positions else None,
                 naive_full_bytes=None if naive is None else naive * batch,
                 seed_formula_bytes=None if seed is None else seed * batch,
-                notes=_notes(spec, kv_bits, qstart, sequences, longest, limit) +
+                notes=_notes(spec, kv_bits, qstart, sequences, longest, limit, positions, context) +
                       below_note(spec, context, naive, peak // batch, kv_bits, qstart))
 
 # %% ../nbs/08_plan.ipynb #d389893e
@@ -231,6 +247,7 @@ def __repr__(self: Plan) -> str:
     batches = -(-self.sequences // self.batch)
     whom = (f"{self.sequences} sequence{'s' if self.sequences > 1 else ''}" if self.batch == 1 else
             f"{batches} batch{'es' if batches > 1 else ''} of {self.batch} sequences")
+    model_limit = self.model_context_tokens is not None and self.max_context_tokens == self.model_context_tokens
     lines.append(f"  longest context for {whom}: {self.max_context_tokens:,} tokens"
-                 + (" (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else ""))
+                 + (" (the model's limit)" if model_limit else " (search limit)" if self.max_context_tokens >= self.max_context_limit_tokens else ""))
     return "\n".join(lines + [f"  note: {n}" for n in self.notes])

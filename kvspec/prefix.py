@@ -36,7 +36,7 @@ class PrefixIndex:
         self.block_tokens, self.hash_blocks = block_tokens, hash_blocks
         self.keys: dict = {}                           # id → token ids
         self.through: Counter = Counter()              # digest of blocks [0, j) → prompts holding all j blocks (b"": j = 0, every prompt)
-        self.tails: dict[bytes, dict[tuple, object]] = {}   # digest of [0, j) → {last incomplete block: id} of prompts with exactly j blocks
+        self.tails: dict[bytes, dict[tuple, set]] = {}      # digest of [0, j) → {last incomplete block: ids} of prompts with exactly j blocks
         self.tail_lengths: dict[bytes, Counter] = {}   # digest → the lengths of those tails, counted
         self.after: dict[bytes, list[tuple]] = {}      # digest of [0, j) → sorted distinct continuations (next block, or tail) of prompts through it
         self.after_ids: dict[tuple[bytes, tuple], set] = {}   # (digest, continuation) → ids of prompts going on so
@@ -62,7 +62,7 @@ def add(self: PrefixIndex, ident, key: tuple, # a prompt's id, and its token ids
             self.after_ids[d, c] = ids = set(); bisect.insort(self.after.setdefault(d, []), c)
         ids.add(ident)
     tail = tuple(key[(len(ds) - 1) * B:])
-    self.tails.setdefault(ds[-1], {})[tail] = ident; self.tail_lengths.setdefault(ds[-1], Counter())[len(tail)] += 1
+    self.tails.setdefault(ds[-1], {}).setdefault(tail, set()).add(ident); self.tail_lengths.setdefault(ds[-1], Counter())[len(tail)] += 1
 
 @patch
 def remove(self: PrefixIndex, ident):
@@ -77,7 +77,8 @@ def remove(self: PrefixIndex, ident):
             del self.after_ids[d, c]; lst = self.after[d]; del lst[bisect.bisect_left(lst, c)]
             if not lst: del self.after[d]
     d, tail = ds[-1], tuple(key[(len(ds) - 1) * B:])
-    if self.tails[d].get(tail) == ident: del self.tails[d][tail]
+    self.tails[d][tail].discard(ident)
+    if not self.tails[d][tail]: del self.tails[d][tail]
     self.tail_lengths[d][len(tail)] -= 1
     if not self.tail_lengths[d][len(tail)]: del self.tail_lengths[d][len(tail)]
     if not self.tails[d]: del self.tails[d], self.tail_lengths[d]
@@ -97,7 +98,8 @@ def _levels(self: PrefixIndex, toks: Sequence[int], ds: list[bytes] | None) -> l
 def _tail_at(self: PrefixIndex, d: bytes, rest: Sequence[int], exclude: int | None = None):
     "(length, id) of each tail filed at digest `d` that `rest` starts with, longest first (`exclude`: a length to leave out)."
     for n in sorted(self.tail_lengths.get(d, ()), reverse=True):
-        if n <= len(rest) and n != exclude and (i := self.tails[d].get(tuple(rest[:n]))) is not None: yield n, i
+        if n <= len(rest) and n != exclude and (ids := self.tails[d].get(tuple(rest[:n]))):
+            for i in ids: yield n, i
 
 @patch
 def longest(self: PrefixIndex, toks: tuple, # a request's token ids
@@ -116,7 +118,7 @@ def longest(self: PrefixIndex, toks: tuple, # a request's token ids
         k = bisect.bisect_left(lst, c)
         for nb in lst[max(0, k - 1):k + 1]:         # the longest common run with c is a neighbour's, in sorted order
             if (n := j * B + common_prefix(nb, c)) > best: best, found = n, next(iter(self.after_ids[d, nb]))
-    return best, found
+    return (best, found) if best else (0, None)        # an empty prompt shares nothing
 
 @patch
 def prefixes_of(self: PrefixIndex, key: tuple, # token ids

@@ -98,6 +98,7 @@ class PoolPromptCache:
                  cache_dir: str | Path | None = None,  # where cached prompts persist (loaded now, written as cached, kept when evicted)
                  max_entries: int | None = None,       # most cached prompts kept (None: as many as the bytes allow)
                  model_id: str = "",                   # names the weights: saved prompts of other weights are not loaded
+                 model_key=None,                       # the server's key of the served model (mlx-lm's ModelProvider.model_key): only its caches are fetched or kept (None: the first key asked about)
                  context_tokens: int = 2048,           # prompt length the budget's split between block groups is balanced for
                  cache_dir_bytes: int | None = None,   # most bytes of saved prompts in cache_dir, oldest dropped (None: 4 × budget_bytes)
                  disk_queue_nbytes: int | None = None, # most bytes of snapshots waiting for the disk writer (None: a quarter of budget_bytes, or twice it up to 32 MiB)
@@ -109,7 +110,7 @@ class PoolPromptCache:
                               context_tokens=check_int(context_tokens, "context_tokens", error=ServeError), max_blocks=max_blocks)
         self.store = PoolStore(self.pool)
         self.max_entries = None if max_entries is None else check_int(max_entries, "max_entries", error=ServeError)
-        self.model_id, self.model_key = model_id, None
+        self.model_id, self.model_key = model_id, model_key
         rules = [g.rule for g in self.pool.groups]
         self.trimmable = all(r.trimmable for r in rules)            # a cached prompt can be cut back to a shorter one
         # a shorter cached prompt another one extends holds nothing of its own but a partial tail block, unless a group
@@ -158,8 +159,8 @@ class PoolPromptCache:
         return sum((u + c) * g.block_bytes for (u, c), g in zip(self.pool.occupancy(), self.pool.groups))
 
     def owns(self, model) -> bool:
-        "Whether `model` (the server's model key) is the one this cache serves: the first one it is asked about."
-        if self.model_key is None: self.model_key = model
+        "Whether `model` (the server's model key) is the one this cache serves: `model_key` as given, else the first one asked about."
+        if self.model_key is None: self.model_key = model   # in-process use with one model; kvspec serve gives its key from the start
         return model == self.model_key
 
 # %% ../nbs/12c_promptcache.ipynb #c3b1aa01
@@ -299,6 +300,8 @@ def _read_disk(self: PoolPromptCache, look: Lookup) -> None:
     "Find the saved prompt sharing the longest prefix, if it gives at least a block more than memory, and read its files (into `look`)."
     c, seq = self.disk.index.longest(look.toks, look.limit, partial=self.trimmable, ds=look.ds)
     if seq is None or c < max(look.best, look.hit) + self.pool.block_tokens: return
+    if (d := self.disk.saved.get(seq)) is not None and not self.pool.fits_ever(len(d.key)):
+        self.disk.index.remove(seq); return           # larger than this pool (saved with a larger --cache-bytes): never evict for it
     look.saved, look.saved_tokens, look.read = seq, c, self.disk.read(seq)
 
 @patch

@@ -7,29 +7,38 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import hashlib
 import inspect
+import io
 import json
 import logging
 import socket
+import time
+import urllib.parse
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import mlx.core as mx
 
-from .admission import Governor, NeverFits, Overloaded, ledger_lines, prompt_token_bound, prompt_token_count, serve_ledger
+from .admission import Governor, NeverFits, Overloaded, ledger_lines, serve_ledger
 from .build import from_pretrained
 from .config import UnsupportedCache
 from .fit import machine_memory
 from .units import format_bytes, parse_bytes
+from .weights import weights
 from .peers import Peers, all_or_none
 from .promptcache import PoolPromptCache, ServeError
 from .ranks import RankPlan, group_ledger, parse_pipeline_split, parse_rank_bytes, rank_memory, rank_model_provider, rank_plan
+from .requests import MAX_REQUEST_BYTES, BadRequest, Served, check_model, check_request, parse_body, prompt_text, prompt_tokens, read_body, served_model
+from .generation import ClientGone, KVSpecGenerator, ServedModelProvider, generator_health
 
 log = logging.getLogger("kvspec.serve")
 
 # %% auto #0
-__all__ = ['log', 'add_mlx_lm_server_arguments', 'add_serve_arguments', 'serve_parser', 'model_identity', 'make_prompt_cache_for',
-           'make_governor', 'make_handler', 'serve']
+__all__ = ['log', 'ENDPOINTS', 'add_mlx_lm_server_arguments', 'add_serve_arguments', 'port_number', 'serve_parser',
+           'model_identity', 'make_prompt_cache_for', 'make_governor', 'send_json', 'drain', 'refuse', 'models_answer',
+           'count_request', 'make_handler', 'BindError', 'bind', 'serve']
 
 # %% ../nbs/12_serve.ipynb #69b71918
 def add_mlx_lm_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -49,6 +58,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     for a in parser._actions:
         if a.dest == "prompt_cache_size":
             a.default, a.help = None, "most cached prompts kept (default: as many as --cache-bytes holds; stock mlx_lm.server keeps 10)"
+        if a.dest == "port": a.type, a.help = port_number, "TCP port to listen on, 1-65535, or 0 for any free one (default: 8080)"
     parser.add_argument("--cache-bytes", type=parse_bytes, default=parse_bytes("1GiB"),
                         help="the whole prompt cache in exact bytes, never exceeded (e.g. 8GiB; default 1GiB)")
     parser.add_argument("--block-tokens", type=int, default=64, help="token slots per cache block (default 64)")
@@ -68,7 +78,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="seconds a request may wait for memory before a 503 with Retry-After (default 60)")
     parser.add_argument("--mlx-cache-bytes", type=parse_bytes, default=None,
                         help="MLX's buffer cache bound (mx.set_cache_limit), counted in the memory (default: 1/16 of --memory)")
+    parser.add_argument("--max-request-bytes", type=parse_bytes, default=MAX_REQUEST_BYTES,
+                        help="largest request body taken, refused (413) before it is read (default 8MiB: a 1M-token prompt's text and room beside it)")
+    parser.add_argument("--allow-remote-content", action="store_true",
+                        help="let requests name http(s) images for the server to fetch (default: refused with a 400; give data: URLs)")
+    parser.add_argument("--stall-timeout", type=float, default=300.0,
+                        help="seconds without progress, while requests are in flight, after which /health reports the generation stuck (default 300)")
     return parser
+
+def port_number(text: str) -> int:
+    "argparse type for --port: a TCP port, 1-65535, or 0 (any free port)."
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give 1-65535, or 0 for any free port")
+    return int(text)
 
 def serve_parser() -> argparse.ArgumentParser:
     "A parser of `kvspec serve`'s options alone (the `kvspec` CLI adds them to its `serve` subcommand)."
@@ -85,7 +107,8 @@ def model_identity(path) -> str:
             with open(f, "rb") as fh: h.update(fh.read(1 << 20))
     return h.hexdigest()[:16]
 
-def make_prompt_cache_for(args, # options from `serve_parser`
+def make_prompt_cache_for(args,            # options from `serve_parser`
+                          model_key=None,  # the key mlx-lm's server gives the served model (`ServedModelProvider.served_key`)
                           plan: RankPlan | None = None, # under mlx.launch: the group's plan (this rank's spec, the agreed blocks)
                           peers: Peers | None = None,   # under mlx.launch: the group
                          ) -> PoolPromptCache:
@@ -103,7 +126,8 @@ def make_prompt_cache_for(args, # options from `serve_parser`
         log.info("--kv-bits %d: prompts are cached once mlx-lm has quantized their caches, from %d tokens (--quantized-kv-start); "
                  "shorter ones are not (--quantized-kv-start 0 caches every prompt)", bits, start)
     return PoolPromptCache(spec, args.cache_bytes, block_tokens=args.block_tokens, cache_dir=cache_dir,
-                           max_entries=getattr(args, "prompt_cache_size", None), model_id=model_identity(args.model),
+                           max_entries=getattr(args, "prompt_cache_size", None), model_key=model_key,
+                           model_id=model_identity(args.model) + (f"+{model_identity(a)}" if (a := getattr(args, "adapter_path", None)) else ""),
                            context_tokens=args.balance_tokens, cache_dir_bytes=getattr(args, "cache_dir_bytes", None),
                            max_blocks=plan.max_blocks if grouped else None, peers=peers if grouped else None)
 
@@ -115,8 +139,9 @@ def make_governor(args, # options from `serve_parser`
     memory = rank_memory(args.memory, 0, 1)
     mlx_cache = args.mlx_cache_bytes if args.mlx_cache_bytes is not None else memory // 16
     disk_queue = prompt_cache.disk.queue_nbytes if prompt_cache.disk is not None else 0
+    held = weights(args.model).nbytes + (weights(args.draft_model).nbytes if args.draft_model else 0)   # a --draft-model is loaded beside it
     ledger = serve_ledger(args.model, prompt_cache.pool.spec, memory, prompt_cache.stats()["storage_nbytes"], mlx_cache, disk_queue,
-                          args.prefill_step_size, args.prompt_concurrency)
+                          args.prefill_step_size, args.prompt_concurrency, weights_nbytes=held)
     useful = args.balance_tokens + args.max_tokens
     if (need := ledger.need([useful])) > memory:
         fixed_but_cache = need - ledger.cache_nbytes
@@ -128,37 +153,128 @@ def make_governor(args, # options from `serve_parser`
     return Governor(ledger, args.queue_timeout)
 
 # %% ../nbs/12_serve.ipynb #1a97ede6
-def _send_json(handler, status: int, body: dict, headers: dict | None = None) -> None:
+ENDPOINTS = {"/v1/completions": "text", "/v1/chat/completions": "chat", "/chat/completions": "chat"}   # mlx-lm's do_POST paths
+
+def send_json(handler, status: int, body: dict, headers: dict | None = None) -> None:
     "Answer with a JSON body (and extra headers), as mlx-lm's handler answers."
     data = json.dumps(body).encode()
     handler._set_completion_headers(status)
     for k, v in (headers or {}).items(): handler.send_header(k, v)
     handler.send_header("Content-Length", str(len(data))); handler.end_headers(); handler.wfile.write(data); handler.wfile.flush()
 
-def make_handler(governor: Governor, # admits every completion by its bytes
-                 tokenizer,          # the served model's tokenizer, to count prompts
-                 extra: dict | None = None, # more for /kvspec/stats (a group's plan)
+def drain(rfile, sock: socket.socket, nbytes: int,
+          seconds: float = 2.0,     # the most time spent
+          chunk: int = 1 << 16,     # bytes read at a time (and the most held)
+         ) -> int:
+    "Read and discard up to `nbytes` of a refused body for at most `seconds`; the bytes read."
+    deadline, got = time.monotonic() + seconds, 0
+    try:
+        while got < nbytes and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = rfile.read1(min(chunk, nbytes - got))
+            if not data: break
+            got += len(data)
+    except OSError: pass
+    return got
+
+def refuse(handler, err: BadRequest) -> None:
+    "Answer a refusal; one made before the body was read (413) closes the connection after draining what the client still sends."
+    unread = err.status == 413
+    send_json(handler, err.status, err.body(), {"Connection": "close"} if unread else None)
+    if unread:
+        handler.close_connection = True
+        drain(handler.rfile, handler.connection, int(handler.headers.get("Content-Length", "0")))
+
+# %% ../nbs/12_serve.ipynb #407ea20d
+def models_answer(served: Served, path: str, created: int) -> tuple[int, dict]:
+    "(status, body) of GET /v1/models (the served model, the only one) or /v1/models/<id> (it, or a 404)."
+    model = {"id": served.model, "object": "model", "created": created, "owned_by": "kvspec"}
+    if path.rstrip("/") == "/v1/models": return 200, {"object": "list", "data": [model]}
+    try: check_model(urllib.parse.unquote(path[len("/v1/models/"):]), served)
+    except BadRequest as e: return e.status, e.body()
+    return 200, model
+
+# %% ../nbs/12_serve.ipynb #e74526e9
+def count_request(tokenizer, request,   # the served model's tokenizer; mlx-lm's CompletionRequest
+                  max_tokens: int,        # the request's max_tokens (or the server's default)
+                  served: Served,         # its context limit
+                  longest: int,           # the longest request the governor admits (prompt + max_tokens)
+                  template_args: dict | None = None, # the chat template's arguments
+                 ) -> int:
+    "The tokens a request asks for, prompt plus max_tokens, its prompt counted only as far as it may go; a 400 past the model's context."
+    text, special = prompt_text(tokenizer, request, template_args)
+    limit = served.context_tokens
+    n, exact = prompt_tokens(tokenizer, text, max(0, min(longest, limit or longest) - max_tokens), special)
+    if limit is not None and n + max_tokens > limit and limit <= longest:
+        if max_tokens >= limit:
+            raise BadRequest("max_tokens", f"{max_tokens:,} leaves no room for a prompt: the model takes {limit:,} tokens "
+                                           f"({served.context_key}), prompt and generated together", 400, "context_length_exceeded")
+        raise BadRequest("messages" if request.request_type == "chat" else "prompt",
+                         f"the prompt is {'more than ' if not exact else ''}{n:,} tokens and max_tokens {max_tokens:,}: together more than "
+                         f"the {limit:,} tokens the model takes ({served.context_key}); at most {limit - max_tokens:,} prompt tokens fit "
+                         "with this max_tokens", 400, "context_length_exceeded")
+    return n + max_tokens
+
+# %% ../nbs/12_serve.ipynb #1a97ede7
+def make_handler(governor: Governor,  # admits every completion by its bytes
+                 tokenizer,           # the served model's tokenizer, to count prompts
+                 served: Served,      # what requests are checked against
+                 max_request_bytes: int = MAX_REQUEST_BYTES, # --max-request-bytes
+                 stall_s: float = 300.0,                      # --stall-timeout
+                 extra: dict | None = None,                   # more for /kvspec/stats (a group's plan)
                 ):
-    "mlx-lm's `APIHandler`, plus `GET /kvspec/stats` and admission by the memory governor (400 never fits, 503 + Retry-After past the queue timeout)."
+    "mlx-lm's `APIHandler`, every completion checked (body, schema, length), admitted by the governor and watched; /health, /v1/models and /kvspec/stats answered by kvspec."
     from mlx_lm.server import APIHandler
     class KVSpecHandler(APIHandler):
+        def do_POST(self):
+            if (endpoint := ENDPOINTS.get(self.path)) is None: return super().do_POST()   # mlx-lm's 404
+            try: body = check_request(parse_body(read_body(self.headers, self.rfile, max_request_bytes)), endpoint, served)
+            except BadRequest as e: return refuse(self, e)
+            data = json.dumps(body).encode()          # what mlx-lm's do_POST reads: the body as checked
+            self.rfile = io.BytesIO(data); self.headers.replace_header("Content-Length", str(len(data)))
+            super().do_POST()
         def do_GET(self):
-            if self.path.split("?")[0] == "/kvspec/stats":
-                st = {**self.response_generator.prompt_cache.stats(), **governor.stats(), **(extra or {}),
-                      "mlx_active_nbytes": mx.get_active_memory(), "mlx_peak_nbytes": mx.get_peak_memory(), "mlx_cache_nbytes": mx.get_cache_memory()}
-                _send_json(self, 200, st)
+            path = self.path.split("?")[0]
+            if path == "/kvspec/stats":
+                send_json(self, 200, {**self.response_generator.prompt_cache.stats(), **governor.stats(), **(extra or {}), "cancelled_requests": self.response_generator.cancelled,
+                                      "mlx_active_nbytes": mx.get_active_memory(), "mlx_peak_nbytes": mx.get_peak_memory(), "mlx_cache_nbytes": mx.get_cache_memory()})
+            elif path == "/health": send_json(self, *generator_health(self.response_generator, stall_s))
+            elif path.startswith("/v1/models"): send_json(self, *models_answer(served, path, self.created))
             else: super().do_GET()
         def handle_completion(self, request, stop_words):
-            prompt = prompt_token_count(tokenizer, request)
-            if prompt is None: prompt = prompt_token_bound(tokenizer, request) or 0
-            try: ticket = governor.admit(prompt + self.max_tokens)
+            gen = self.response_generator
+            if not gen.generation_available():
+                return send_json(self, 503, {"error": "the generation thread has stopped (see GET /health): restart the server"})
+            template_args = {**(gen.cli_args.chat_template_args or {}), **(self.chat_template_kwargs or {})}
+            try: tokens = count_request(tokenizer, request, self.max_tokens, served, governor.longest, template_args)
+            except BadRequest as e: return refuse(self, e)
+            try: ticket = governor.admit(tokens)
             except NeverFits as e:
-                return _send_json(self, 400, {"error": str(e), "prompt_tokens": prompt, "max_tokens": self.max_tokens, "max_request_tokens": e.longest})
+                return send_json(self, 400, {"error": str(e), "prompt_tokens": tokens - self.max_tokens, "max_tokens": self.max_tokens, "max_request_tokens": e.longest})
             except Overloaded as e:
-                return _send_json(self, 503, {"error": str(e), "retry_after_s": e.retry_after_s}, {"Retry-After": str(e.retry_after_s)})
-            try: super().handle_completion(request, stop_words)
+                return send_json(self, 503, {"error": str(e), "retry_after_s": e.retry_after_s}, {"Retry-After": str(e.retry_after_s)})
+            try:
+                with gen.watching(self.connection): super().handle_completion(request, stop_words)
+            except (ClientGone, BrokenPipeError, ConnectionResetError):
+                log.info("%s: the client went away; its generation was stopped", self.path)
             finally: governor.release(ticket)
     return KVSpecHandler
+
+# %% ../nbs/12_serve.ipynb #a8d58adc
+class BindError(ServeError):
+    "The server cannot listen where it was asked to (an address in use, a host that does not resolve)."
+
+def bind(host: str, port: int, handler_factory) -> ThreadingHTTPServer:
+    "A ThreadingHTTPServer listening on host:port, or a `BindError` saying why it cannot."
+    try: family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e: raise BindError(f"--host {host}: cannot listen there ({getattr(e, 'strerror', None) or e})") from None
+    class Server(ThreadingHTTPServer):
+        address_family, daemon_threads = family, True
+    try: return Server(address, handler_factory)
+    except OSError as e:
+        why = ("the address is in use: another server is listening there; stop it, or give another --port"
+               if e.errno == errno.EADDRINUSE else e.strerror or str(e))
+        raise BindError(f"cannot listen on {host}:{port}: {why}") from None
 
 # %% ../nbs/12_serve.ipynb #9b0af776
 def _start_group(args, peers: Peers):
@@ -166,7 +282,7 @@ def _start_group(args, peers: Peers):
     limit = all_or_none(peers, rank_memory, args.memory, peers.rank, peers.size)
     plan = all_or_none(peers, rank_plan, args, peers.rank, peers.size, tuple(peers.gather(limit)))
     governor = all_or_none(peers, lambda: Governor(group_ledger(args, plan), args.queue_timeout))
-    prompt_cache = all_or_none(peers, make_prompt_cache_for, args, plan, peers)
+    prompt_cache = all_or_none(peers, make_prompt_cache_for, args, None, plan, peers)
     prompt_cache.join()                      # agreed ids, the saved prompts every rank can load loaded on every rank, every rank's numbers
     held, booked = [r["storage_nbytes"] for r in prompt_cache.ranks], [L.cache_nbytes for L in governor.ledger.ranks]
     if held != booked:                       # the same gathered numbers on every rank: every rank stops here, or none
@@ -175,43 +291,45 @@ def _start_group(args, peers: Peers):
 
 def serve(args,        # options from `serve_parser`
           ready=None): # called with the HTTP server once it listens
-    "Run mlx-lm's server (its ModelProvider, ResponseGenerator, handler) with a `PoolPromptCache` as its prompt cache and every request admitted by the memory governor; under mlx.launch rank 0 serves HTTP and every other rank runs the generation loop, as `mlx_lm.server`'s `run()`."
-    from http.server import ThreadingHTTPServer
-    from mlx_lm.server import ResponseGenerator, get_system_fingerprint
+    "Run mlx-lm's server with a `PoolPromptCache` as its prompt cache, every request checked, admitted by the memory governor and watched; under mlx.launch rank 0 serves HTTP and every other rank runs the generation loop, as `mlx_lm.server`'s `run()`."
+    from mlx_lm.server import get_system_fingerprint
     from mlx_lm.utils import load_tokenizer
-    peers = Peers()
-    if peers.size == 1:
-        if args.pipeline_split is not None: log.warning("--pipeline-split splits a model across the ranks of mlx.launch; this process runs alone: ignored")
-        prompt_cache = make_prompt_cache_for(args)
-        governor, provider, extra = make_governor(args, prompt_cache), rank_model_provider(args), {}
-        mine, tables = governor.ledger, [ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)]
-    else:
-        plan, governor, prompt_cache = _start_group(args, peers)
-        provider = rank_model_provider(args, plan)
-        extra = dict(group_size=plan.size, parallel=plan.mode, pipeline_split=list(plan.split) if plan.split else None)
-        mine = governor.ledger.ranks[peers.rank]
-        tables = [[f"rank {r} ({p.name}, layers {p.layers[0]}-{p.layers[1] - 1}):"] + ledger_lines(L, args.balance_tokens + args.max_tokens)
-                  for r, (p, L) in enumerate(zip(plan.specs, governor.ledger.ranks))]
-    mx.set_cache_limit(mine.mlx_cache_nbytes)
-    generator = ResponseGenerator(provider, prompt_cache)
-    if peers.rank != 0:                      # as mlx_lm.server's run(): the generation loop, on the requests rank 0 shares
-        log.info("kvspec serve: rank %d of %d runs mlx-lm's generation loop; rank 0 serves HTTP; prompt cache %s", peers.rank, peers.size, prompt_cache.pool)
-        try: generator.join()
+    peers, generator, prompt_cache = Peers(), None, None
+    try:
+        if peers.size == 1:
+            if args.pipeline_split is not None: log.warning("--pipeline-split splits a model across the ranks of mlx.launch; this process runs alone: ignored")
+            provider = rank_model_provider(args, base=ServedModelProvider)
+            prompt_cache = make_prompt_cache_for(args, provider.served_key)
+            governor, extra = make_governor(args, prompt_cache), {}
+            mine, tables = governor.ledger, [ledger_lines(governor.ledger, args.balance_tokens + args.max_tokens)]
+        else:
+            plan, governor, prompt_cache = _start_group(args, peers)
+            provider = rank_model_provider(args, plan, base=ServedModelProvider)
+            extra = dict(group_size=plan.size, parallel=plan.mode, pipeline_split=list(plan.split) if plan.split else None)
+            mine = governor.ledger.ranks[peers.rank]
+            tables = [[f"rank {r} ({p.name}, layers {p.layers[0]}-{p.layers[1] - 1}):"] + ledger_lines(L, args.balance_tokens + args.max_tokens)
+                      for r, (p, L) in enumerate(zip(plan.specs, governor.ledger.ranks))]
+        mx.set_cache_limit(mine.mlx_cache_nbytes)
+        if peers.rank != 0:                  # as mlx_lm.server's run(): the generation loop, on the requests rank 0 shares
+            generator = KVSpecGenerator(provider, prompt_cache)
+            log.info("kvspec serve: rank %d of %d runs mlx-lm's generation loop; rank 0 serves HTTP; prompt cache %s", peers.rank, peers.size, prompt_cache.pool)
+            try: generator.join()
+            except KeyboardInterrupt: pass
+            return
+        served = served_model(args.model, adapter=args.adapter_path, draft_model=args.draft_model,
+                              allow_remote_content=args.allow_remote_content, max_draft_tokens=args.prefill_step_size)
+        tokenizer = load_tokenizer(Path(args.model), {"trust_remote_code": args.trust_remote_code, **({"chat_template": args.chat_template} if args.chat_template else {})})
+        if args.use_default_chat_template and tokenizer.chat_template is None: tokenizer.chat_template = tokenizer.default_chat_template
+        handler, fingerprint = make_handler(governor, tokenizer, served, args.max_request_bytes, args.stall_timeout, extra), get_system_fingerprint()
+        httpd = bind(args.host, args.port, lambda *a, **kw: handler(generator, *a, system_fingerprint=fingerprint, **kw))
+        generator = KVSpecGenerator(provider, prompt_cache)     # its thread loads the model; requests wait in mlx-lm's queue meanwhile
+        log.info("kvspec serve on %s:%d, prompt cache %s\n%s", args.host, httpd.server_address[1], prompt_cache.pool, "\n".join(l for t in tables for l in t))
+        if ready is not None: ready(httpd)
+        try: httpd.serve_forever()
         except KeyboardInterrupt: pass
         finally:
-            if prompt_cache.disk is not None: prompt_cache.disk.close()
-        return
-    handler = make_handler(governor, load_tokenizer(Path(args.model)), extra)
-    family, _, _, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    class Server(ThreadingHTTPServer): address_family = family
-    fingerprint = get_system_fingerprint()
-    httpd = Server(address, lambda *a, **kw: handler(generator, *a, system_fingerprint=fingerprint, **kw))
-    log.info("kvspec serve on %s:%d, prompt cache %s\n%s", args.host, args.port, prompt_cache.pool, "\n".join(l for t in tables for l in t))
-    if ready is not None: ready(httpd)
-    try: httpd.serve_forever()
-    except KeyboardInterrupt: pass
+            httpd.server_close()
+            if peers.size > 1 and prompt_cache.disk is not None: prompt_cache.disk.close()   # first: the others may be gone, the loop with them
     finally:
-        httpd.server_close()
-        if peers.size > 1 and prompt_cache.disk is not None: prompt_cache.disk.close()   # first: the others may be gone, the loop with them
-        generator.stop_and_join()
-        if prompt_cache.disk is not None: prompt_cache.disk.close()
+        if generator is not None and peers.rank == 0: generator.stop_and_join()
+        if prompt_cache is not None and prompt_cache.disk is not None: prompt_cache.disk.close()
