@@ -8,7 +8,11 @@ kvspec's PoolPromptCache (64 MiB, 64-token blocks) beside mlx-lm's own LRUPrompt
 The model's forward pass over each request's new tokens between the two calls is timed too (`prefill_ms`, the compute a
 request's time to first token cannot avoid), so the calls' cost can be read as a share of it. Each call's time is taken alone (perf_counter around it); medians over the requests after the first 8 (the larger model: 4).
 Also, for kvspec, the parts of a fetch: hashing the prompt, and gathering its cached blocks into fresh caches, beside a plain copy
-of the same bytes (what no gather can beat), and writing one block into each of the pool's arrays (an insert's least work).
+of the same bytes (what no gather can beat), and writing one block into each of the pool's arrays (an insert's least work);
+and what kvspec serve's handler adds before a request reaches mlx-lm: counting its prompt's tokens for the memory governor
+(`admission_ms`, the chat template applied and tokenized; mlx-lm tokenizes the prompt again on its own thread); and kvspec's
+calls again with a --cache-dir (`kvspec_cache_dir`: an insert also snapshots the prompt's blocks, on the calling thread, for the
+disk writer's thread).
 
 Run: .venv/bin/python bench/bench_cache_calls.py [--large]   (writes bench/results/cache_calls.json; about a minute,
      --large about 6 more on 2 cores)
@@ -16,6 +20,7 @@ Run: .venv/bin/python bench/bench_cache_calls.py [--large]   (writes bench/resul
 from __future__ import annotations
 
 import copy, json, os, platform, statistics, sys, tempfile, time
+from types import SimpleNamespace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,7 +31,8 @@ from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from kvspec.build import from_model  # noqa: E402
-from kvspec.demo import demo_model  # noqa: E402
+from kvspec.admission import prompt_token_count  # noqa: E402
+from kvspec.demo import DEMO_TEXT, demo_model  # noqa: E402
 from kvspec.pool import TokenIds  # noqa: E402
 from kvspec.promptcache import PoolPromptCache  # noqa: E402
 
@@ -79,6 +85,14 @@ def parts(pc: PoolPromptCache, system):
                 gathered_nbytes=sum(a.nbytes for a in arrays))
 
 
+def admission_ms(tokenizer) -> float:
+    "Median ms kvspec serve's handler spends counting a chat request's prompt tokens before admitting it (a 2,048-token system prompt and a turn)."
+    system = tokenizer.decode(tokenizer.encode(" ".join(DEMO_TEXT * (SYSTEM_TOKENS // 8)))[:SYSTEM_TOKENS])
+    request = SimpleNamespace(request_type="chat", tools=None,   # what mlx-lm's handler hands to handle_completion, as far as counting reads it
+                              messages=[{"role": "system", "content": system}, {"role": "user", "content": " ".join(DEMO_TEXT[:2])}])
+    return 1e3 * median_time(lambda: prompt_token_count(tokenizer, request), 50)
+
+
 def main(argv=None):
     large = "--large" in (argv or sys.argv[1:])
     tmp = Path(tempfile.mkdtemp())
@@ -87,7 +101,7 @@ def main(argv=None):
                when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), system_tokens=SYSTEM_TOKENS, turn_tokens=TURN_TOKENS,
                generated=GENERATED, models={})
     for name, kw in [("demo llama", {})] + ([("larger demo llama", dict(size="large"))] if large else []):
-        model, _ = mlx_lm.load(str(demo_model(tmp / name.replace(" ", "-"), "llama", **kw)))
+        model, tokenizer = mlx_lm.load(str(demo_model(tmp / name.replace(" ", "-"), "llama", **kw)))
         system = [(7 * i) % 300 + 3 for i in range(SYSTEM_TOKENS)]
         t = time.perf_counter(); system_caches = prefill(model, system); system_s = time.perf_counter() - t
         requests, skip = REQUESTS[name]
@@ -95,10 +109,14 @@ def main(argv=None):
         pc = PoolPromptCache(spec, max(64 << 20, 8 * SYSTEM_TOKENS * spec.nbytes([1]) // 256), block_tokens=64)
         kf, kc, ki = run(model, pc, system, system_caches, requests, skip)
         sf, sc, si = run(model, LRUPromptCache(max_size=1000), system, system_caches, requests, skip)
+        dpc = PoolPromptCache(spec, pc.budget_nbytes, block_tokens=64, cache_dir=tmp / f"{name.replace(' ', '-')}-cache-dir", model_id="bench")
+        df, _, di = run(model, dpc, system, system_caches, requests, skip)   # --cache-dir: insert also snapshots the prompt for the writer
+        dpc.disk.close()
         out["models"][name] = dict(kv_bytes_per_token=spec.nbytes([1]) // 256, requests=requests, counted=requests - skip,
                                    system_prefill_s=system_s, cache_nbytes=pc.budget_nbytes,
-                                   kvspec=dict(fetch_ms=1e3 * kf, insert_ms=1e3 * ki, total_ms=1e3 * (kf + ki), prefill_ms=1e3 * kc, **parts(pc, system)),
-                                   stock=dict(fetch_ms=1e3 * sf, insert_ms=1e3 * si, total_ms=1e3 * (sf + si), prefill_ms=1e3 * sc))
+                                   kvspec=dict(fetch_ms=1e3 * kf, insert_ms=1e3 * ki, total_ms=1e3 * (kf + ki), prefill_ms=1e3 * kc, admission_ms=admission_ms(tokenizer), **parts(pc, system)),
+                                   stock=dict(fetch_ms=1e3 * sf, insert_ms=1e3 * si, total_ms=1e3 * (sf + si), prefill_ms=1e3 * sc),
+                                   kvspec_cache_dir=dict(fetch_ms=1e3 * df, insert_ms=1e3 * di, total_ms=1e3 * (df + di)))
         print(name, json.dumps(out["models"][name]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))

@@ -56,6 +56,7 @@ PLANS = {   # per model and mode: W1 (equal memory), which of the 5 budgets' fra
     ("large", True): dict(budgets=(0, 2, 4), W1=dict(conversations=2, turns=2, system_tokens=64, question_tokens=16, max_tokens=4, clients=2),
                           W3=dict(clients=16, prompt_tokens=(16, 96), max_tokens=4)),
 }
+SHORT_NAMES = {"small": "demo llama (2 layers, 512 B of KV a token)", "large": "demo llama --size large (12 layers at hidden 768, 24 KiB a token)"}
 MODEL_NAMES = {"small": "kvspec demo-model llama (2 layers, 2 KV heads x 16, float32: 512 B of KV per token)",
                "large": "kvspec demo-model llama --size large (12 layers at hidden 768, 4 KV heads x 64, float32: 24 KiB of KV per token)"}
 W3_FIT = 3   # the longest W3 requests kvspec's --memory admits at once
@@ -105,7 +106,9 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:
-            if self.proc.poll() is not None: self.log.close(); raise RuntimeError(f"{kind} server exited {self.proc.returncode}: see {log}")
+            if self.proc.poll() is not None:
+                self.log.close(); tail = " | ".join(Path(log).read_text(errors="replace").strip().splitlines()[-6:])
+                raise RuntimeError(f"{kind} server exited {self.proc.returncode}: {tail}")
             try: get(self.port, "/health"); break
             except OSError:
                 if time.monotonic() > deadline: self.close(); raise TimeoutError(f"{kind} server did not come up: see {log}")
@@ -170,6 +173,13 @@ def stream_chat(port, messages, max_tokens):
     return "".join(text), (first or time.perf_counter()) - t0, decode, usage
 
 
+def run_all(f, items, workers):
+    "`[f(x) for x in items]` on `workers` threads; on an error or a stop, returns at once (the caller stops the server, which ends the requests)."
+    ex = ThreadPoolExecutor(workers)
+    try: return list(ex.map(f, items))
+    finally: ex.shutdown(wait=False, cancel_futures=True)
+
+
 def text_of(tokenizer, n_tokens, seed):
     "Deterministic filler text of about n_tokens tokens under `tokenizer`."
     from kvspec.demo import DEMO_TEXT
@@ -207,7 +217,7 @@ def play_w1(port, w):
             cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             with lock: results.append(dict(ttft_s=ttft, decode_tps=decode, prompt_tokens=(usage or {}).get("prompt_tokens"),
                                            cached_tokens=cached, completion_tokens=(usage or {}).get("completion_tokens")))
-    with ThreadPoolExecutor(w["clients"]) as ex: list(ex.map(conversation, w["conversations"]))
+    run_all(conversation, w["conversations"], w["clients"])
     return results
 
 
@@ -295,7 +305,7 @@ def play_w3(port, prompts, max_tokens):
         return dict(status=status, seconds=time.perf_counter() - t, end_s=time.perf_counter() - t0,
                     prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens", 0) if status == 200 else 0,
                     retry_after=headers.get("Retry-After"), error=None if status == 200 else str((out or {}).get("error", out))[:300])
-    with ThreadPoolExecutor(len(prompts)) as ex: results = list(ex.map(one, prompts))
+    results = run_all(one, prompts, len(prompts))
     return results, time.perf_counter() - t0
 
 
@@ -307,8 +317,10 @@ def overload(model, tokenizer, plan, cache_bytes, tmp):
     templated = [len(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True)) for t in prompts]
     memory = overload_memory(model, cache_bytes, max(templated) + p["max_tokens"])
     out = dict(workload=dict(p, prompt_tokens_templated=templated), memory_nbytes=memory, cache_bytes=cache_bytes, servers={})
-    for name, kind, extra in [("stock", "stock", []),
-                              ("kvspec", "kvspec", ["--memory", str(memory), "--cache-bytes", str(cache_bytes), "--block-tokens", "64"])]:
+    same = ["--max-tokens", str(p["max_tokens"])]   # the default for requests without one; kvspec's start check sizes one such request
+    for name, kind, extra in [("stock", "stock", same),
+                              ("kvspec", "kvspec", same + ["--memory", str(memory), "--cache-bytes", str(cache_bytes), "--block-tokens", "64",
+                                                           "--balance-tokens", str(max(templated))])]:
         with Server(kind, model, extra, tmp / f"w3-{kind}.log") as srv:
             before = srv.stats()
             results, wall = play_w3(srv.port, prompts, p["max_tokens"])
@@ -353,11 +365,11 @@ def plot_equal_memory(res, path=None):
         ideal = em["workload"]["ideal_tokens"] * res["models"][m]["kv_bytes_per_token"] / MiB
         for ax in (axes[0][j], axes[1][j]):
             ax.set_xscale("log", base=2); ax.axvline(ideal, color="grey", ls=":", lw=1)
-            ax.set_xticks(x); ax.set_xticklabels([f"{v:g}" for v in x]); ax.grid(alpha=0.3)
-        axes[0][j].set_title(f"{res['models'][m]['label']}\n{em['workload']['conversations']} conversations x {em['workload']['turns']} turns, "
-                             f"{em['workload']['system_tokens']:,}-token system prompt", fontsize=9)
+            ax.set_xticks(x); ax.set_xticklabels([f"{v:.3g}" for v in x]); ax.minorticks_off(); ax.grid(alpha=0.3)
+        axes[0][j].set_title(f"{SHORT_NAMES.get(m, m)}\nW1: {em['workload']['conversations']} conversations x {em['workload']['turns']} turns, "
+                             f"{em['workload']['system_tokens']:,}-token system prompt, {em['workload']['clients']} clients", fontsize=9)
         axes[0][j].set_ylabel("prefix-hit rate"); axes[0][j].set_ylim(0, 1)
-        axes[1][j].set_ylabel("prefill tokens"); axes[1][j].set_xlabel("prompt-cache budget (MiB); dotted: W1's distinct tokens once")
+        axes[1][j].set_ylabel("prefill tokens"); axes[1][j].set_xlabel("prompt-cache budget (MiB); dotted: W1's distinct tokens, once", fontsize=9)
         axes[1][j].set_ylim(bottom=0)
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.suptitle("Equal memory: the same byte budget for stock mlx_lm.server and kvspec serve", fontsize=11)
@@ -411,21 +423,22 @@ def main():
                        for i in plan["budgets"]]
             res = out["models"][m] = dict(label=MODEL_NAMES[m], kv_bytes_per_token=per_token)
             rounds = a.rounds if m == "small" else a.large_rounds
-            t = time.perf_counter()
-            if "equal" in a.parts:
-                print(f"{m}: equal memory, budgets {', '.join(f'{b / MiB:.2f}' for b in budgets)} MiB (W1 ideal {ideal / MiB:.2f} MiB), {rounds} round(s)", flush=True)
-                res["equal_memory"] = equal_memory(model, tok, plan, budgets, rounds, tmp, cache_dir_arm=(m == "small"))
-                res["equal_memory_s"] = time.perf_counter() - t; save(out, a.out)
-            t = time.perf_counter()
-            if "overload" in a.parts:
-                print(f"{m}: overload", flush=True)
-                res["overload"] = overload(model, tok, plan, budgets[-1], tmp)
-                res["overload_s"] = time.perf_counter() - t; save(out, a.out)
+            parts = {"equal_memory": lambda: equal_memory(model, tok, plan, budgets, rounds, tmp, cache_dir_arm=(m == "small")),
+                     "overload": lambda: overload(model, tok, plan, budgets[-1], tmp)}
+            for part, run_part in parts.items():
+                if part.split("_")[0] not in a.parts: continue
+                print(f"{m}: {part}" + (f", budgets {', '.join(f'{b / MiB:.2f}' for b in budgets)} MiB (W1 ideal {ideal / MiB:.2f} MiB), "
+                                         f"{rounds} round(s)" if part == "equal_memory" else ""), flush=True)
+                t = time.perf_counter()
+                try: res[part] = run_part()
+                except Exception as e:   # a long unattended run keeps what the other parts measure
+                    res.setdefault("errors", {})[part] = f"{type(e).__name__}: {e}"; print(f"  {part} failed: {e!r}", flush=True)
+                res[f"{part}_s"] = time.perf_counter() - t; save(out, a.out)
     finally:
         out["total_s"] = time.perf_counter() - t_all
         save(out, a.out)
         shutil.rmtree(tmp, ignore_errors=True)
-    if any("equal_memory" in r for r in out["models"].values()): plot_equal_memory(out, a.figure)
+        if any("equal_memory" in r for r in out["models"].values()): plot_equal_memory(out, a.figure)
     print(f"wrote {a.out} and {a.figure} in {out['total_s'] / 60:.1f} min")
 
 
