@@ -21,7 +21,7 @@ from .fit import fit, machine_memory
 from .plan import plan
 from .spec import DEFAULT_QUANTIZED_KV_START, ModelCacheSpec
 from .units import format_bytes
-from .demo import DEMO_CONFIGS, demo_model
+from .demo import DEMO_CONFIGS, DEMO_SIZES, demo_model
 from .peers import Peers
 from .ranks import parse_rank_bytes
 from .serve import BindError, add_serve_arguments, serve
@@ -324,22 +324,24 @@ def serve_command(args) -> int:
 
 @subcommand
 def add_serve_parser(sub):
-    "Register `kvspec serve --model DIR [every mlx_lm.server option] [--cache-bytes 8GiB] [--block-tokens N] [--cache-dir DIR] [--cache-dir-bytes 32GiB]`."
+    "Register `kvspec serve --model DIR [every mlx_lm.server option] [--cache-bytes 8GiB] [--block-tokens N] [--cache-dir DIR] [--cache-dir-bytes 32GiB] [--memory 16GiB] [--queue-timeout S] [--mlx-cache-bytes 1GiB]`."
     p = sub.add_parser("serve", help="mlx-lm's server with kvspec's block pool as its prompt cache")
     add_serve_arguments(p)
     p.set_defaults(run=serve_command)
 
 def demo_model_command(args) -> int:
     "`kvspec demo-model DIR`: write the demo model and print its directory."
-    print(demo_model(args.dir, args.arch, seed=args.seed))
+    print(demo_model(args.dir, args.arch, seed=args.seed, size=args.size))
     return 0
 
 @subcommand
 def add_demo_model_parser(sub):
-    "Register `kvspec demo-model DIR [--arch llama|gemma3_text|qwen3_next|qwen2] [--seed N]`."
+    "Register `kvspec demo-model DIR [--arch llama|gemma3_text|qwen3_next|qwen2] [--size small|large] [--seed N]`."
     p = sub.add_parser("demo-model", help="write a small random-weight model (gibberish output, real caches) to serve offline")
     p.add_argument("dir", help="directory to write (new, empty, or a previous demo model)")
     p.add_argument("--arch", choices=list(DEMO_CONFIGS), default="llama")
+    p.add_argument("--size", choices=list(DEMO_SIZES), default="small",
+                   help="small (the default: tiny, runs in seconds) or large (12 layers at hidden 768, about 290 MiB: compute-bound, for benchmarks)")
     p.add_argument("--seed", type=count, default=0)
     p.set_defaults(run=demo_model_command)
 

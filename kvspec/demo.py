@@ -14,8 +14,8 @@ import mlx.core as mx
 from .config import KVSpecError, check_int
 
 # %% auto #0
-__all__ = ['DEMO_CONFIGS', 'DEMO_TEXT', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'DemoModelError', 'demo_tokenizer', 'demo_config',
-           'demo_model']
+__all__ = ['DEMO_CONFIGS', 'DEMO_SIZES', 'DEMO_TEXT', 'CHAT_TEMPLATE', 'SPECIAL_TOKENS', 'DemoModelError', 'demo_tokenizer',
+           'demo_config', 'demo_model']
 
 # %% ../nbs/13_demo.ipynb #0f7fc338
 class DemoModelError(KVSpecError, ValueError):
@@ -34,6 +34,11 @@ DEMO_CONFIGS = {
                        moe_intermediate_size=32, shared_expert_intermediate_size=32, mlp_only_layers=[],
                        partial_rotary_factor=0.25, norm_topk_prob=True),
     "qwen2": dict(_BASE, model_type="qwen2", num_hidden_layers=4),
+}
+DEMO_SIZES = {  # size name: config fields changed from DEMO_CONFIGS (every architecture)
+    "small": {},
+    "large": dict(num_hidden_layers=12, hidden_size=768, intermediate_size=2048, num_attention_heads=12, num_key_value_heads=4,
+                  head_dim=64),
 }
 
 # %% ../nbs/13_demo.ipynb #e8bb592e
@@ -61,16 +66,19 @@ def demo_tokenizer(vocab_size: int = 384):  # tokens learnt in all: the 256-byte
 # %% ../nbs/13_demo.ipynb #e6f59960
 def demo_config(arch: str = "llama",   # one of DEMO_CONFIGS
                 vocab_size: int = 384, # the tokenizer's size
+                size: str = "small",   # one of DEMO_SIZES
                ) -> dict:
-    "The config.json of a demo model of architecture `arch`."
+    "The config.json of a demo model of architecture `arch` and size `size`."
     if arch not in DEMO_CONFIGS: raise DemoModelError(f"unknown demo architecture {arch!r}: one of {', '.join(DEMO_CONFIGS)}")
-    return dict(DEMO_CONFIGS[arch], vocab_size=check_int(vocab_size, "vocab_size", error=DemoModelError))
+    if size not in DEMO_SIZES: raise DemoModelError(f"unknown demo size {size!r}: one of {', '.join(DEMO_SIZES)}")
+    return dict(DEMO_CONFIGS[arch], **DEMO_SIZES[size], vocab_size=check_int(vocab_size, "vocab_size", error=DemoModelError))
 
 # %% ../nbs/13_demo.ipynb #b263a72b
 def demo_model(path,                  # directory to write (created; must be new, empty, or a previous demo model)
                arch: str = "llama",   # llama (full attention), gemma3_text (sliding window), qwen3_next (recurrent hybrid), qwen2 (full attention, can be pipelined)
                seed: int = 0,         # weights are drawn with mx.random under this seed: same seed, same files
                overrides: dict | None = None, # config fields to change, e.g. {"head_dim": 64}: mlx quantizes K/V (--kv-bits) in groups of 32 or more
+               size: str = "small",   # small (tiny, the default) or large (12 layers at hidden 768): see DEMO_SIZES
               ) -> Path:
     "Write a small random-weight model in mlx-lm's format (config, safetensors, tokenizer) that `mlx_lm.load` and its server take."
     from mlx_lm.utils import save_config, save_model
@@ -81,7 +89,7 @@ def demo_model(path,                  # directory to write (created; must be new
     tokenizer = demo_tokenizer()
     if overrides is not None and (not isinstance(overrides, dict) or "model_type" in overrides):
         raise DemoModelError(f"overrides must be a dict of config fields other than model_type (choose that with arch), got {overrides!r:.60}")
-    cfg = dict(demo_config(arch, vocab_size=len(tokenizer)), **(overrides or {}))
+    cfg = dict(demo_config(arch, vocab_size=len(tokenizer), size=size), **(overrides or {}))
     mod = importlib.import_module(f"mlx_lm.models.{cfg['model_type']}")
     mx.random.seed(seed)
     model = mod.Model(mod.ModelArgs.from_dict(cfg))
@@ -90,5 +98,7 @@ def demo_model(path,                  # directory to write (created; must be new
     save_model(path, model)
     save_config(dict(cfg), path / "config.json")
     tokenizer.save_pretrained(path)
-    (path / "kvspec_demo.json").write_text(json.dumps({"arch": arch, "seed": seed, "overrides": overrides or {}, "note": "random weights: the output is gibberish"}))
+    marker = {"arch": arch, **({"size": size} if size != "small" else {}), "seed": seed, "overrides": overrides or {},
+              "note": "random weights: the output is gibberish"}   # a small model's marker: the same bytes as before sizes
+    (path / "kvspec_demo.json").write_text(json.dumps(marker))
     return path

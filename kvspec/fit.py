@@ -198,7 +198,7 @@ def lines(self: ServeFit) -> list[str]:
     return [f"kvspec serve --memory {format_bytes(self.memory_nbytes)} --cache-bytes {format_bytes(self.cache_nbytes)}: "
             f"{self.concurrency:,} request(s) of {self.request_tokens:,} tokens {'fit' if self.fits else 'do NOT fit'} at once "
             f"({format_bytes(self.need_nbytes)}: {format_bytes(self.weights_nbytes)} weights + {format_bytes(self.cache_nbytes)} prompt cache + "
-            f"{format_bytes(self.mlx_cache_nbytes)} MLX buffer cache + per request {format_bytes(self.kv_nbytes)} KV and up to "
+            f"{format_bytes(self.mlx_cache_nbytes)} MLX buffer cache + per request 2 × {format_bytes(self.kv_nbytes)} KV (its cache and the copy mlx-lm hands the prompt cache) and up to "
             f"{format_bytes(self.transient_nbytes)} prefill transient)",
             f"requests of {self.request_tokens:,} tokens at once: {self.max_concurrency:,}; the longest single request: "
             f"{self.longest_request_tokens:,} tokens (prompt + max_tokens)"]
