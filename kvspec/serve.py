@@ -270,6 +270,7 @@ def bind(host: str, port: int, handler_factory) -> ThreadingHTTPServer:
     except (socket.gaierror, UnicodeError) as e: raise BindError(f"--host {host}: cannot listen there ({getattr(e, 'strerror', None) or e})") from None
     class Server(ThreadingHTTPServer):
         address_family, daemon_threads = family, True
+        request_queue_size = socket.SOMAXCONN   # a burst of clients waits in the kernel's queue while accepting lags
     try: return Server(address, handler_factory)
     except OSError as e:
         why = ("the address is in use: another server is listening there; stop it, or give another --port"
