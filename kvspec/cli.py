@@ -310,9 +310,11 @@ def fit_ranks_command(args) -> int:
 
 # %% ../nbs/09_cli.ipynb #2aceeff4
 def serve_command(args) -> int:
-    "`kvspec serve`: run the server until interrupted (Ctrl-C: exit 0); an address in use: a message, exit 1; under mlx.launch a start-up error is printed by rank 0 only."
-    import logging
+    "`kvspec serve`: run the server until interrupted (Ctrl-C or SIGTERM: exit 0); an address in use: a message, exit 1; under mlx.launch a start-up error is printed by rank 0 only."
+    import logging, signal, threading
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
+    def interrupt(signum, frame): raise KeyboardInterrupt    # SIGTERM stops the server as Ctrl-C does: cleanly, the disk tier flushed
+    before = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
     try: serve(args)
     except KeyboardInterrupt: pass
     except BindError as e:
@@ -320,6 +322,8 @@ def serve_command(args) -> int:
     except KVSpecError:
         if Peers().rank == 0: raise          # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it,
         time.sleep(2); return 2              # and exits first (mlx.launch then stops the others), so its message is never cut short
+    finally:
+        if before is not None: signal.signal(signal.SIGTERM, before)
     return 0
 
 @subcommand

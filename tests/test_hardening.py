@@ -235,14 +235,17 @@ def test_busy_port_bad_port_bad_cache_dir_exit_cleanly(models):
     assert r.returncode == 2 and "--cache-dir /etc/passwd: cannot use it as a cache directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_ctrl_c_exits_0(models, tmp_path):
-    "SIGINT while serving (after a request, with --cache-dir): exit 0, no abort at interpreter exit."
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_exits_0(models, tmp_path, sig):
+    "SIGINT (Ctrl-C) or SIGTERM (kill, launchd, systemd) while serving, after a request, with --cache-dir: exit 0, no abort at interpreter exit, the request's prompt saved."
     log = tmp_path / "log.txt"
     s = Server(models["llama"], "kvspec", "--cache-bytes", "1MiB", "--cache-dir", str(tmp_path / "cache"), log=log)
     try:
         chat(s.port, [{"role": "user", "content": "Hi"}], 4)
-        s.proc.send_signal(signal.SIGINT)
+        s.proc.send_signal(sig)
         code = s.proc.wait(60)
     finally: s.stop()
-    print(f"SIGINT: exit {code}")
+    saved = list((tmp_path / "cache").rglob("*.safetensors"))
+    print(f"{sig.name}: exit {code}, {len(saved)} saved prompts")
     assert code == 0 and "terminate called" not in log.read_text(), log.read_text()[-2000:]
+    assert saved, log.read_text()[-2000:]
