@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Callable
 
 from fastcore.basics import patch
 
@@ -19,7 +20,7 @@ from .spec import ModelCacheSpec
 from .units import format_bytes, largest_true
 
 # %% auto #0
-__all__ = ['NeverFits', 'Overloaded', 'Governor', 'serve_ledger', 'ledger_lines', 'GroupLedger']
+__all__ = ['NeverFits', 'Overloaded', 'Abandoned', 'Governor', 'serve_ledger', 'ledger_lines', 'GroupLedger']
 
 # %% ../nbs/12d_admission.ipynb #a0000016
 class NeverFits(KVSpecError):
@@ -35,19 +36,23 @@ class Overloaded(KVSpecError):
         self.tokens, self.waited_s, self.retry_after_s = tokens, waited_s, retry_after_s
         super().__init__(f"the server's memory is in use: a request of {tokens:,} tokens waited {waited_s:.0f} s for room; retry in {retry_after_s} s")
 
+class Abandoned(KVSpecError):
+    "The client of a queued request went away: it leaves the queue, and nobody is answered."
+
 # %% ../nbs/12d_admission.ipynb #a0000017
 class Governor:
     "Admission by the ledger: requests run while their bytes fit, wait in FIFO order while they do not."
     def __init__(self, ledger: Ledger,
                  queue_timeout: float = 60.0,   # seconds a request may wait for room before a 503
+                 poll_s: float = 0.5,           # seconds between looks at a queued request's client
                 ):
-        self.ledger, self.queue_timeout = ledger, queue_timeout
+        self.ledger, self.queue_timeout, self.poll_s = ledger, queue_timeout, poll_s
         self.longest = ledger.longest_alone()
         self.inflight: dict[int, int] = {}     # ticket → tokens of an admitted request
         self.queue: deque[int] = deque()       # tickets waiting, oldest first
         self._tickets = itertools.count(1)
         self._cond = threading.Condition()
-        self.counters = Counter(admitted=0, waited=0)
+        self.counters = Counter(admitted=0, waited=0, abandoned=0)
         self.refused: Counter = Counter()      # reason → requests refused
 
 # %% ../nbs/12d_admission.ipynb #a0000018
@@ -59,8 +64,9 @@ def _room(self: Governor, ticket: int, tokens: int) -> bool:
 @patch
 def admit(self: Governor, tokens: int,          # the request's prompt tokens plus its max_tokens
           timeout: float | None = None,         # seconds to wait for room (default: the governor's queue_timeout)
+          gone: Callable[[], bool] | None = None, # whether the request's client has gone, asked every `poll_s` while it waits
          ) -> int:
-    "Wait for room for a request and return its ticket; `NeverFits` at once if it could not fit alone, `Overloaded` past the timeout."
+    "Wait for room for a request and return its ticket; `NeverFits` at once if it could not fit alone, `Overloaded` past the timeout, `Abandoned` once its client has gone."
     tokens = check_int(tokens, "tokens")
     with self._cond:
         if tokens > self.longest:
@@ -74,7 +80,9 @@ def admit(self: Governor, tokens: int,          # the request's prompt tokens pl
                 if left <= 0:
                     self.refused["timeout"] += 1
                     raise Overloaded(tokens, time.monotonic() - start, max(1, int(timeout // 4)))
-                waited = True; self._cond.wait(left)
+                if gone is not None and gone():     # a client that gave up holds no place, and later ones move up
+                    self.counters["abandoned"] += 1; raise Abandoned(f"the client of a queued request of {tokens:,} tokens went away")
+                waited = True; self._cond.wait(left if gone is None else min(left, self.poll_s))
             self.inflight[t] = tokens; self.counters["admitted"] += 1; self.counters["waited"] += waited
             return t
         finally:
@@ -94,6 +102,7 @@ def stats(self: Governor) -> dict:
         inflight = list(self.inflight.values())
         return dict(**self.ledger.report(self.longest, inflight), longest_request_tokens=self.longest, inflight_requests=len(inflight),
                     queued_requests=len(self.queue), admitted_requests=self.counters["admitted"], waited_requests=self.counters["waited"],
+                    abandoned_requests=self.counters["abandoned"],
                     refused_requests=dict(self.refused))
 
 # %% ../nbs/12d_admission.ipynb #a0000025

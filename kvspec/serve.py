@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .admission import Governor, NeverFits, Overloaded, ledger_lines, serve_ledger
+from .admission import Abandoned, Governor, NeverFits, Overloaded, ledger_lines, serve_ledger
 from .build import from_pretrained
 from .config import UnsupportedCache
 from .fit import machine_memory
@@ -31,7 +31,7 @@ from .peers import Peers, all_or_none
 from .promptcache import PoolPromptCache, ServeError
 from .ranks import RankPlan, group_ledger, parse_pipeline_split, parse_rank_bytes, rank_memory, rank_model_provider, rank_plan
 from .requests import MAX_REQUEST_BYTES, BadRequest, Served, check_model, check_request, parse_body, prompt_text, prompt_tokens, read_body, served_model
-from .generation import ClientGone, KVSpecGenerator, ServedModelProvider, generator_health
+from .generation import ClientGone, KVSpecGenerator, ServedModelProvider, client_gone, generator_health
 
 log = logging.getLogger("kvspec.serve")
 
@@ -248,7 +248,9 @@ def make_handler(governor: Governor,  # admits every completion by its bytes
             template_args = {**(gen.cli_args.chat_template_args or {}), **(self.chat_template_kwargs or {})}
             try: tokens = count_request(tokenizer, request, self.max_tokens, served, governor.longest, template_args)
             except BadRequest as e: return refuse(self, e)
-            try: ticket = governor.admit(tokens)
+            try: ticket = governor.admit(tokens, gone=lambda: client_gone(self.connection))
+            except Abandoned as e:
+                return log.info("%s: %s; it left the queue", self.path, e)
             except NeverFits as e:
                 return send_json(self, 400, {"error": str(e), "prompt_tokens": tokens - self.max_tokens, "max_tokens": self.max_tokens, "max_request_tokens": e.longest})
             except Overloaded as e:

@@ -405,3 +405,42 @@ def test_memory_governor_under_overload(models, tmp_path):
         assert final["admitted_requests"] == codes.count(200), final
         assert chat(s.port, [{"role": "user", "content": "Still there?"}], 4)["usage"]["completion_tokens"] >= 1
         assert s.stats()["mlx_peak_nbytes"] <= memory
+
+
+def open_request(port, body):
+    "A chat request sent on a raw socket and left waiting (the caller closes the socket: its client goes away)."
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return sock
+
+
+def wait_for(server, ok, seconds=10):
+    "The server's stats once `ok(stats)` holds (bounded: a timeout fails the test with the last stats)."
+    deadline = time.monotonic() + seconds
+    while True:
+        st = server.stats()
+        if ok(st) or time.monotonic() > deadline: return st
+        time.sleep(0.05)
+
+
+def test_queued_client_that_goes_away_leaves_the_queue(models, tmp_path):
+    "A request queued behind one that holds the memory, whose client then closes its connection, leaves the queue within a second (not when it would have been admitted); the holder's client going stops it; the server serves afterwards."
+    with Server(models["llama"], "kvspec", "--cache-bytes", "4MiB", "--memory", str(400 << 20), "--queue-timeout", "60",
+                log=tmp_path / "log.txt") as s:
+        half = s.stats()["longest_request_tokens"] // 2 + 1          # two such requests never fit at once
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": half, "stream": True}
+        holder = open_request(s.port, body)
+        st = wait_for(s, lambda st: st["inflight_requests"] == 1)
+        assert st["inflight_requests"] == 1, st
+        queued = open_request(s.port, body)
+        st = wait_for(s, lambda st: st["queued_requests"] == 1)
+        assert (st["queued_requests"], st["inflight_requests"]) == (1, 1), st
+        queued.close()
+        st = wait_for(s, lambda st: st["abandoned_requests"] == 1, seconds=3)
+        assert (st["abandoned_requests"], st["queued_requests"], st["inflight_requests"], st["admitted_requests"]) == (1, 0, 1, 1), st
+        holder.close()
+        st = wait_for(s, lambda st: st["inflight_requests"] == 0, seconds=10)
+        assert st["inflight_requests"] == 0 and st["cancelled_requests"] == 1, st
+        assert chat(s.port, [{"role": "user", "content": "Still there?"}], 4)["usage"]["completion_tokens"] >= 1
