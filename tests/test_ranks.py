@@ -25,6 +25,7 @@ from kvspec.shard import rank_spec, sharding_support
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import rank_worker  # noqa: E402  (the same build / decode code the ranks run)
+from test_serve_ranks import free_port  # noqa: E402  (the ring's ports: a free pair, not mlx.launch's fixed default)
 
 TINY = json.loads((Path(kvspec.__file__).parent / "tiny_configs.json").read_text())
 OVERRIDES = {"qwen2": dict(num_key_value_heads=2)}  # the tiny qwen2 has 1 KV head: it does not divide over 2 ranks
@@ -67,7 +68,7 @@ def launch(case_list, out: Path, timeout=420):
     launcher = shutil.which("mlx.launch", path=str(exe.parent)) or shutil.which("mlx.launch")
     assert launcher, "mlx.launch is not installed beside this python"
     (out / "cases.json").write_text(json.dumps(case_list))
-    cmd = [launcher, "--backend", "ring", "-n", str(SIZE), "--hosts", "127.0.0.1", "--python", str(exe),
+    cmd = [launcher, "--backend", "ring", "-n", str(SIZE), "--hosts", "127.0.0.1", "--starting-port", str(free_port(pair=True)), "--python", str(exe),
            str(HERE / "rank_worker.py"), str(out / "cases.json"), str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=os.name != "nt")
     try:
