@@ -187,7 +187,7 @@ def refuse(handler, err: BadRequest) -> None:
 
 # %% ../nbs/12_serve.ipynb #407ea20d
 def models_answer(served: Served, path: str, created: int) -> tuple[int, dict]:
-    "(status, body) of GET /v1/models (the served model, the only one) or /v1/models/<id> (it, or a 404)."
+    "(status, body) of GET /v1/models (the served model, the only one) or /v1/models/ID (it, or a 404)."
     model = {"id": served.model, "object": "model", "created": created, "owned_by": "kvspec"}
     if path.rstrip("/") == "/v1/models": return 200, {"object": "list", "data": [model]}
     try: check_model(urllib.parse.unquote(path[len("/v1/models/"):]), served)
