@@ -315,15 +315,17 @@ def serve_command(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), None), format="%(asctime)s - %(levelname)s - %(message)s")
     def interrupt(signum, frame): raise KeyboardInterrupt    # SIGTERM stops the server as Ctrl-C does: cleanly, the disk tier flushed
     before = signal.signal(signal.SIGTERM, interrupt) if threading.current_thread() is threading.main_thread() else None
+    def restore():
+        if before is not None: signal.signal(signal.SIGTERM, before)
     try: serve(args)
     except KeyboardInterrupt: pass
     except BindError as e:
         print(f"kvspec: error: {e}", file=sys.stderr); return 1
     except KVSpecError:
+        restore()                            # a rank that could not start is ended by mlx.launch's SIGTERM as it was, quietly
         if Peers().rank == 0: raise          # every rank meets the same start-up error (kvspec.peers.all_or_none): rank 0 says it,
         time.sleep(2); return 2              # and exits first (mlx.launch then stops the others), so its message is never cut short
-    finally:
-        if before is not None: signal.signal(signal.SIGTERM, before)
+    finally: restore()
     return 0
 
 @subcommand
